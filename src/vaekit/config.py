@@ -1,0 +1,148 @@
+"""Typed configuration: dataclasses, overridden by a TOML file, then by command-line flags.
+
+Unknown keys and type mismatches are errors that name the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .models.base import ModelConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is prepared (see ``vaekit.data.load_data``)."""
+
+    source: str = "digits"
+    data_dir: str | None = None
+    image_size: int | None = None
+    binarize: str = "none"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    label_column: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation. ``kl_warmup`` is in epochs; ``patience`` 0 turns early stopping off.
+
+    lr_schedule: "none", "cosine" (to lr * lr_min_factor at the last epoch) or "exponential"
+    (lr * lr_decay ** epoch). matmul_precision: "highest" is exact fp32; "medium" lets
+    float32 matrix multiplies run in bfloat16 on CPUs with AMX (and TF32/bf16 on GPUs).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: str = "none"
+    lr_decay: float = 1.0
+    lr_min_factor: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    kl_warmup: float = 0.0
+    kl_schedule: str = "linear"
+    patience: int = 0
+    max_nonfinite: int = 20
+    seed: int = 0
+    device: str = "auto"
+    matmul_precision: str = "highest"
+    eval_batch_size: int = 1000
+    iw_samples: int = 0
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": dataclasses.asdict(self.data), "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "RunConfig":
+        cfg = cls()
+        unknown = set(d) - {"data", "model", "train"}
+        if unknown:
+            raise UsageError(f"{where}: unknown section(s) {sorted(unknown)}; valid: data, model, train")
+        for name in ("data", "model", "train"):
+            apply(getattr(cfg, name), d.get(name, {}), f"{where} [{name}]")
+        return cfg
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int may stand for float; None for Optional)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, where)
+            except UsageError as e:
+                errors.append(str(e))
+        raise UsageError(errors[0])
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where}: {key} must be a list, got {value!r}")
+        return [_coerce(v, inner, key, where) for v in value]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}: {key} must be a table, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise UsageError(f"{where}: {key} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def apply(obj: Any, updates: dict[str, Any], where: str) -> None:
+    """Set fields of dataclass ``obj`` from ``updates``, checking names and types."""
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in updates.items():
+        if key not in hints:
+            raise UsageError(f"{where}: unknown key {key!r}; valid: {', '.join(names)}")
+        setattr(obj, key, _coerce(value, hints[key], key, where))
+
+
+def load_toml(path: str | Path) -> RunConfig:
+    """Read a TOML config with [data], [model] and [train] tables."""
+    p = Path(path)
+    try:
+        d = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {p}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"config file {p} is not valid TOML: {e}") from None
+    return RunConfig.from_dict(d, where=str(p))
+
+
+def field_sections() -> dict[str, str]:
+    """Map each config field name to its section ("data", "model" or "train")."""
+    out: dict[str, str] = {}
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, section)
+    return out

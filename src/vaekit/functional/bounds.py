@@ -1,0 +1,21 @@
+"""Variational bounds on log p(x), in nats per example."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def log_mean_exp(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Stable log(mean(exp(t))) along ``dim``."""
+    return torch.logsumexp(t, dim=dim) - math.log(t.shape[dim])
+
+
+def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
+    """The K-sample importance-weighted bound from log weights of shape (K, B) -> (B,).
+
+    ``log_w[k, b] = log p(x_b, z_kb) - log q(z_kb | x_b)`` with ``z_kb ~ q(z | x_b)``. K = 1 gives
+    the ELBO; as K grows the bound increases towards log p(x) (Burda et al. 2015).
+    """
+    return log_mean_exp(log_w, dim=0)

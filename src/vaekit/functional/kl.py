@@ -1,0 +1,24 @@
+"""Closed-form Gaussian terms, per latent dimension (callers sum over the last axis)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def kl_normal_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL( N(mu, exp(logvar)) || N(0, 1) ) per dimension, in nats; same shape as ``mu``."""
+    return 0.5 * (mu * mu + logvar.exp() - 1.0 - logvar)
+
+
+def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mu, exp(logvar)) in nats (broadcasting)."""
+    return -0.5 * (_LOG_2PI + logvar + (x - mu) ** 2 * torch.exp(-logvar))
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(z; 0, 1) in nats."""
+    return -0.5 * (_LOG_2PI + z * z)

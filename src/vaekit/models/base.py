@@ -1,0 +1,88 @@
+"""Model configuration, the model registry and the shared model base class."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..data.spec import DataSpec
+from ..errors import UsageError
+from ..modules.likelihoods import LIKELIHOODS, default_likelihood
+from ..registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model, given its DataSpec.
+
+    hidden: widths of the MLP hidden layers (encoder order; the decoder mirrors them), or the
+        channels of the stride-2 conv layers; None picks a default for the architecture.
+    likelihood: None picks one from the data kind (Bernoulli for [0, 1] data, else Gaussian).
+    free_bits: minimum KL per latent dimension (nats, batch-averaged) below which the KL term
+        gives no gradient (Kingma et al. 2016); 0 disables it.
+    """
+
+    model: str = "vae"
+    arch: str = "mlp"
+    hidden: list[int] | None = None
+    latent_dim: int = 20
+    activation: str = "relu"
+    likelihood: str | None = None
+    prior: str = "standard-normal"
+    beta: float = 1.0
+    free_bits: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self, spec: DataSpec) -> "ModelConfig":
+        """A copy with the data-dependent defaults filled in, validated against ``spec``."""
+        cfg = ModelConfig(**asdict(self))
+        if cfg.likelihood is None:
+            cfg.likelihood = default_likelihood(spec.kind)
+        lik = LIKELIHOODS.get(cfg.likelihood)
+        if spec.kind not in lik.kinds:
+            raise UsageError(
+                f"likelihood {cfg.likelihood!r} does not fit {spec.kind} data; "
+                f"use one of: {', '.join(n for n in LIKELIHOODS if spec.kind in LIKELIHOODS.get(n).kinds)}"
+            )
+        if cfg.hidden is None and cfg.arch == "mlp":
+            cfg.hidden = [400]
+        if cfg.hidden is not None and (not cfg.hidden or any(int(h) <= 0 for h in cfg.hidden)):
+            raise UsageError(f"--hidden needs positive integers, got {cfg.hidden}")
+        if cfg.latent_dim <= 0:
+            raise UsageError(f"--latent-dim must be positive, got {cfg.latent_dim}")
+        if cfg.beta < 0 or cfg.free_bits < 0:
+            raise UsageError("--beta and --free-bits must be >= 0")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class BaseModel(nn.Module):
+    """What every model offers. Subclasses implement the encoder/decoder specifics.
+
+    Contract: ``loss(x, kl_weight=1.0)`` returns a dict with "loss" (scalar to minimise) and
+    "elbo", "recon", "kl" (detached batch means, nats per example); extra keys are logged.
+    """
+
+    def __init__(self, config: ModelConfig, spec: DataSpec) -> None:
+        super().__init__()
+        self.config, self.spec = config, spec
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def loss(self, x: torch.Tensor, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def build_model(config: ModelConfig, spec: DataSpec) -> BaseModel:
+    """Build the model named by ``config.model`` for data described by ``spec``."""
+    cls = MODELS.get(config.model)
+    return cls(config.resolved(spec), spec)

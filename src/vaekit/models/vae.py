@@ -1,0 +1,106 @@
+"""The VAE (Kingma and Welling 2014) with beta (Higgins et al. 2017) and free bits."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..data.spec import DataSpec
+from ..modules.blocks import DECODERS, ENCODERS
+from ..modules.likelihoods import LIKELIHOODS
+from ..modules.priors import PRIORS
+from .base import MODELS, BaseModel, ModelConfig
+
+
+@MODELS.register("vae")
+class VAE(BaseModel):
+    """Gaussian encoder q(z|x), decoder p(x|z) through a likelihood, and a prior p(z).
+
+    Shapes: x (B, *spec.shape); z (B, D) with D = config.latent_dim.
+    """
+
+    def __init__(self, config: ModelConfig, spec: DataSpec) -> None:
+        super().__init__(config, spec)
+        lik_cls = LIKELIHOODS.get(config.likelihood)
+        self.likelihood = lik_cls(**config.extra.get("likelihood_args", {}))
+        self.encoder = ENCODERS.get(config.arch)(spec.shape, config.latent_dim, config.hidden, config.activation)
+        self.decoder = DECODERS.get(config.arch)(
+            spec.shape, config.latent_dim, config.hidden, config.activation, self.likelihood.num_params
+        )
+        self.prior = PRIORS.get(config.prior)(config.latent_dim)
+        self.latent_dim = config.latent_dim
+
+    # -- the pieces -------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior q(z|x) = N(mu, exp(logvar)): returns (mu, logvar), each (B, D)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.distributions.Distribution:
+        """p(x|z) as a distribution with batch shape (B,) and event shape spec.shape."""
+        return self.likelihood.dist(self.decoder(z))
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x|z], (B, *spec.shape), in data units."""
+        return self.likelihood.mean(self.decoder(z))
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I): a sample that carries gradients to mu and logvar."""
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    # -- training objective -------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """Negative ELBO with beta and free bits, averaged over the batch (nats per example).
+
+        loss = recon + beta * kl_weight * sum_d max(free_bits, mean_batch KL_d);
+        the reported "elbo" is always the true ELBO = -(recon + KL), whatever beta is.
+        """
+        mu, logvar = self.encoder(x)
+        z = self.reparameterize(mu, logvar)
+        log_px = self.likelihood.log_prob(self.decoder(z), x)  # (B,)
+        kl_d = self.prior.kl(mu, logvar, z)  # (B, D)
+        recon = -log_px.mean()
+        kl_dims = kl_d.mean(0)  # (D,)
+        kl = kl_dims.sum()
+        kl_term = kl_dims.clamp(min=self.config.free_bits).sum() if self.config.free_bits > 0 else kl
+        loss = recon + (self.config.beta * kl_weight) * kl_term
+        return {"loss": loss, "elbo": -(recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-example terms (one z sample): "recon" (B,), "kl" (B,), "kl_dims" (B, D), "mu" (B, D)."""
+        mu, logvar = self.encoder(x)
+        z = self.reparameterize(mu, logvar)
+        recon = -self.likelihood.log_prob(self.decoder(z), x)
+        kl_d = self.prior.kl(mu, logvar, z)
+        return {"recon": recon, "kl": kl_d.sum(-1), "kl_dims": kl_d, "mu": mu}
+
+    def log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Importance log weights log p(x, z_k) - log q(z_k | x), z_k ~ q(z|x): shape (k, B).
+
+        All k samples go through the decoder in one batch of k * B.
+        """
+        mu, logvar = self.encoder(x)
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
+        z = mu + std * eps  # (k, B, D)
+        log_q = (-0.5 * eps * eps - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_p = self.prior.log_prob(z)
+        xk = x.unsqueeze(0).expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
+        log_px = self.likelihood.log_prob(self.decoder(z.reshape(-1, mu.shape[-1])), xk).view(k, -1)
+        return log_px + log_p - log_q
+
+    # -- applications -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, *, temperature: float = 1.0, mean: bool = True) -> torch.Tensor:
+        """n new examples, (n, *spec.shape): decoder means (or draws from p(x|z) if mean=False)."""
+        z = self.prior.sample(n, device=self.device, temperature=temperature)
+        params = self.decoder(z)
+        return self.likelihood.mean(params) if mean else self.likelihood.sample(params)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder mean at the posterior mean: (B, *spec.shape)."""
+        mu, _ = self.encoder(x)
+        return self.decode_mean(mu)
