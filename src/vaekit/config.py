@@ -146,3 +146,15 @@ def field_sections() -> dict[str, str]:
         for f in dataclasses.fields(cls):
             out.setdefault(f.name, section)
     return out
+
+
+def make_config(config_file: str | Path | None = None, *, base: RunConfig | None = None, **overrides: Any) -> RunConfig:
+    """Defaults (or ``base``), then the TOML file, then keyword overrides (flat names such as
+    ``latent_dim``)."""
+    cfg = load_toml(config_file) if config_file else (base or RunConfig())
+    sections = field_sections()
+    for key, value in overrides.items():
+        if key not in sections:
+            raise UsageError(f"unknown option {key!r}; valid: {', '.join(sorted(sections))}")
+        apply(getattr(cfg, sections[key]), {key: value}, "option")
+    return cfg

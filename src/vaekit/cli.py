@@ -1,0 +1,174 @@
+"""The ``vaekit`` command line. It calls only the public Python API.
+
+Usage and input errors print one line on stderr and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any, Sequence
+
+from .errors import VaekitError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 400 or 200,200, got {text!r}") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive integers like 400 or 200,200, got {text!r}")
+    return vals
+
+
+def _finite(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+S = argparse.SUPPRESS
+# flag -> (config key, type, help). Defaults live in the config dataclasses, not here.
+TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--data", "source", str, "dataset name (digits, mnist, fashion-mnist, binarized-mnist) or a path: image folder, .npy/.npz, .csv"),
+    ("--data-dir", "data_dir", str, "folder holding the dataset files"),
+    ("--image-size", "image_size", int, "resize folder images to this size (square)"),
+    ("--binarize", "binarize", str, "none | dynamic | static"),
+    ("--val-fraction", "val_fraction", _finite, "fraction of train held out for validation"),
+    ("--label-column", "label_column", str, "CSV column holding labels"),
+    ("--model", "model", str, "model: vae"),
+    ("--arch", "arch", str, "mlp | conv"),
+    ("--hidden", "hidden", _int_list, "hidden widths (mlp) or conv channels, e.g. 400 or 200,200"),
+    ("--latent-dim", "latent_dim", int, "latent dimensions"),
+    ("--activation", "activation", str, "relu | tanh | elu | gelu | silu | leaky_relu | softplus"),
+    ("--likelihood", "likelihood", str, "bernoulli | gaussian | gaussian-fixed | discretized-logistic"),
+    ("--beta", "beta", _finite, "weight of the KL term (beta-VAE)"),
+    ("--kl-warmup", "kl_warmup", _finite, "epochs of KL warm-up"),
+    ("--kl-schedule", "kl_schedule", str, "linear | cyclical"),
+    ("--free-bits", "free_bits", _finite, "minimum KL per latent dimension in nats"),
+    ("--epochs", "epochs", int, "training epochs"),
+    ("--batch-size", "batch_size", int, "batch size"),
+    ("--lr", "lr", _finite, "Adam learning rate"),
+    ("--lr-schedule", "lr_schedule", str, "none | cosine | exponential"),
+    ("--lr-decay", "lr_decay", _finite, "per-epoch factor for --lr-schedule exponential"),
+    ("--weight-decay", "weight_decay", _finite, "Adam weight decay"),
+    ("--grad-clip", "grad_clip", _finite, "clip the gradient norm (0: off)"),
+    ("--patience", "patience", int, "early stopping after this many epochs without a better validation ELBO (0: off)"),
+    ("--seed", "seed", int, "random seed"),
+    ("--device", "device", str, "auto | cpu | cuda"),
+    ("--matmul-precision", "matmul_precision", str, "highest (fp32) | high | medium (bf16 matmuls on AMX CPUs)"),
+    ("--iw-samples", "iw_samples", int, "importance samples for the final test NLL (0: skip)"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="vaekit", description="Variational autoencoders end to end.")
+    p.add_argument("--version", action="version", version=f"vaekit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a VAE and write a run directory")
+    for flag, key, typ, hlp in TRAIN_FLAGS:
+        t.add_argument(flag, dest=key, type=typ, default=S, help=hlp)
+    t.add_argument("--out", help="run directory to write (default: runs/<data>-<n>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--config", help="TOML file with [data], [model], [train] tables")
+    t.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="evaluate a trained run on its test or validation split")
+    e.add_argument("run_dir")
+    e.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    e.add_argument("--split", choices=["test", "val"], default="test")
+    e.add_argument("--iw-samples", type=int, default=0, help="importance samples for the NLL (e.g. 5000)")
+    e.add_argument("--limit", type=int, default=None, help="only the first N examples of the split")
+    e.add_argument("--batch-size", type=int, default=None, help="examples per evaluation batch")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _default_out(source: str) -> str:
+    from pathlib import Path
+
+    stem = Path(source).stem if ("/" in source or "." in source) else source
+    i = 1
+    while Path(f"runs/{stem}-{i}").exists():
+        i += 1
+    return f"runs/{stem}-{i}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .run import train
+
+    opts = {key: getattr(args, key) for _, key, _, _ in TRAIN_FLAGS if hasattr(args, key)}
+    source = opts.pop("source", None)
+    if args.resume and not args.out:
+        raise VaekitError("--resume needs --out RUN_DIR (the run to continue)")
+    if source is None and not args.config and not args.resume:
+        raise VaekitError("--data is required (a dataset name or a path), or give --config FILE.toml")
+    out = args.out or _default_out(source or "run")
+    run = train(source, out=out, config_file=args.config, resume=args.resume, progress=not args.quiet, **opts)
+    hist = run.history
+    result = {"run_dir": str(run.dir), "epochs": len(hist), "best_epoch": hist[-1]["best_epoch"] + 1 if hist else 0,
+              "train_samples_per_s": sum(r["samples_per_s"] for r in hist) / max(1, len(hist)), "test": run.test}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        t = run.test
+        print(f"trained {result['epochs']} epochs ({result['train_samples_per_s']:.0f} examples/s); best epoch {result['best_epoch']}")
+        if t:
+            line = f"test: -ELBO {-t['elbo']:.2f} nats (recon {t['recon']:.2f}, KL {t['kl']:.2f}), active units {t['active_units']}/{len(t['kl_per_dim'])}"
+            if "nll" in t:
+                line += f", NLL {t['nll']:.2f} (K={t['iw_samples']})"
+            print(line)
+        print(f"run directory: {run.dir}")
+        if (run.dir / "report.html").exists():
+            print(f"report: {run.dir / 'report.html'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .report import evaluate_run
+
+    if args.iw_samples < 0 or (args.limit is not None and args.limit < 1):
+        raise VaekitError("--iw-samples must be >= 0 and --limit >= 1")
+    res = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, iw_samples=args.iw_samples or None,
+                       limit=args.limit, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            if k != "kl_per_dim":
+                print(f"{k:>14}: {v:.4f}" if isinstance(v, float) else f"{k:>14}: {v}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+    except VaekitError as e:
+        print(f"vaekit {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("vaekit: interrupted; the last completed epoch is saved (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

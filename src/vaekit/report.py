@@ -1,0 +1,70 @@
+"""After training: test-set evaluation and the run's figures. Also ``vaekit evaluate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .data.datasets import Data, load_data
+from .io import write_json
+
+if TYPE_CHECKING:
+    from .run import Run
+
+
+def _load_run_data(cfg: Any, data_dir: str | None) -> Data:
+    dc = cfg.data
+    return load_data(dc.source, data_dir=data_dir or dc.data_dir, image_size=dc.image_size, binarize=dc.binarize,
+                     val_fraction=dc.val_fraction, test_fraction=dc.test_fraction, seed=cfg.train.seed,
+                     label_column=dc.label_column)
+
+
+def evaluate_run(run_dir: str | Path, *, split: str = "test", data_dir: str | None = None, iw_samples: int | None = None,
+                 limit: int | None = None, batch_size: int | None = None, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+    """Load a run and its data, and evaluate the best model on ``split`` (see ``metrics.evaluate``)."""
+    from .metrics import evaluate
+    from .run import load, read_config
+
+    cfg, spec, _ = read_config(run_dir)
+    model = load(run_dir, device=device)
+    data = _load_run_data(cfg, data_dir)
+    x = getattr(data, split).x
+    if limit is not None:
+        x = x[:limit]
+    res = evaluate(model, x, batch_size=batch_size or cfg.train.eval_batch_size, iw_samples=iw_samples, seed=seed)
+    return {"split": split, **res}
+
+
+def finish_run(run: "Run", figures: bool = True) -> dict[str, Any]:
+    """Evaluate the best model on the test split, write ``evaluation.json`` and the figures."""
+    from .metrics import evaluate
+
+    assert run.data is not None
+    cfg = run.config.train
+    res = evaluate(run.model, run.data.test.x, batch_size=cfg.eval_batch_size, iw_samples=cfg.iw_samples or None,
+                   seed=cfg.seed)
+    res = {"split": "test", **res}
+    if run.dir is not None:
+        write_json(run.dir / "evaluation.json", res)
+        if figures:
+            write_figures(run, res)
+    return res
+
+
+def write_figures(run: "Run", res: dict[str, Any]) -> None:
+    """reconstructions.png, samples.png, training_curves.png and kl_per_dim.png in the run dir."""
+    from . import figures as fig
+
+    assert run.dir is not None and run.data is not None
+    model, d = run.model, run.dir
+    x = run.data.test.x[:32].to(model.device)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.config.train.seed)
+        fig.save_reconstructions(d / "reconstructions.png", x.cpu(), model.reconstruct(x).cpu())
+        fig.save_samples(d / "samples.png", model.sample(64).cpu())
+    records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    fig.save_training_curves(d / "training_curves.png", records)
+    fig.save_kl_per_dim(d / "kl_per_dim.png", res["kl_per_dim"])

@@ -1,0 +1,139 @@
+"""The run directory: config.json + model.safetensors + last.safetensors + metrics.jsonl + figures.
+
+``train(...)`` is the Python entry point that does what ``vaekit train`` does; ``load(run_dir)``
+rebuilds the trained model from the directory alone (no dataset needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from . import __version__
+from .config import RunConfig, field_sections, make_config
+from .data.datasets import Data, load_data
+from .data.spec import DataSpec
+from .errors import CheckpointError, UsageError
+from .io import save_tensors, write_json
+from .models.base import BaseModel, ModelConfig, build_model
+from .train.checkpoint import load_weights
+from .train.trainer import Trainer, check_config, resolve_device
+
+
+@dataclass
+class Run:
+    """A finished (or resumed) training run."""
+
+    dir: Path | None
+    model: BaseModel
+    config: RunConfig
+    history: list[dict[str, Any]]
+    test: dict[str, Any] = field(default_factory=dict)
+    data: Data | None = None
+
+
+def read_config(run_dir: str | Path) -> tuple[RunConfig, DataSpec, dict[str, Any]]:
+    """Parse ``run_dir/config.json`` into (RunConfig, DataSpec, data source description)."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"run directory not found: {run_dir}")
+    try:
+        d = json.loads(path.read_text())
+        cfg = RunConfig.from_dict({k: d[k] for k in ("data", "model", "train")}, where=str(path))
+        spec = DataSpec.from_dict(d["spec"])
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir} is not a vaekit run directory (no config.json)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UsageError) as e:
+        raise CheckpointError(f"{path} is corrupt or not a vaekit config ({e})") from None
+    return cfg, spec, d.get("source", {})
+
+
+def load(run_dir: str | Path, *, device: str = "cpu", which: str = "best") -> BaseModel:
+    """Rebuild the trained model from a run directory, in eval mode.
+
+    which: "best" (``model.safetensors``, best validation ELBO) or "last" (the last epoch).
+    """
+    cfg, spec, _ = read_config(run_dir)
+    model = build_model(cfg.model, spec)
+    name = "model.safetensors" if which == "best" else "last.safetensors"
+    path = Path(run_dir) / name
+    try:
+        weights = load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found: the run has no saved weights yet") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({e})") from None
+    if which == "last":
+        weights = {k[6:]: v for k, v in weights.items() if k.startswith("model.")}
+    load_weights(model, weights, str(path))
+    return model.to(resolve_device(device)).eval()
+
+
+def _write_config(run_dir: Path, cfg: RunConfig, model: BaseModel, data: Data) -> None:
+    d = cfg.to_dict()
+    d["model"] = dataclasses.asdict(model.config)  # resolved: likelihood and widths filled in
+    d.update(spec=data.spec.to_dict(), source=data.source, vaekit_version=__version__,
+             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_json(run_dir / "config.json", d)
+
+
+def train(data: str | None = None, *, out: str | Path | None = None, config_file: str | Path | None = None,
+          resume: bool = False, progress: bool = True, evaluate_test: bool = True, figures: bool = True,
+          callbacks: list[Callable[[Any, dict[str, Any]], None]] | None = None, **options: Any) -> Run:
+    """Train a VAE end to end, as ``vaekit train`` does, and return the :class:`Run`.
+
+    ``vaekit.train("mnist", epochs=10, out="runs/mnist", latent_dim=20)``. Options are the flat
+    config names (``python -c "import vaekit; print(vaekit.options())"`` lists them). With
+    ``resume=True`` the configuration is read from ``out/config.json`` and training continues
+    from ``out/last.safetensors`` (``epochs`` may be raised to train longer).
+    """
+    run_dir = Path(out) if out is not None else None
+    if resume:
+        if run_dir is None:
+            raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+        cfg, _, _ = read_config(run_dir)
+        extra = set(options) - {"epochs", "device", "data_dir", "patience"}
+        if extra or data not in (None, cfg.data.source):
+            raise UsageError(f"--resume continues {run_dir} with its saved settings; only --epochs, --device, "
+                             f"--data-dir and --patience may change (got {sorted(extra) or ['--data']})")
+        cfg = make_config(None, base=cfg, **options)
+    else:
+        cfg = make_config(config_file, **({"source": data} if data is not None else {}), **options)
+        if run_dir is not None and (run_dir / "config.json").exists():
+            raise UsageError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    check_config(cfg.train)
+    torch.manual_seed(cfg.train.seed)
+    d = load_data(cfg.data.source, data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
+                  binarize=cfg.data.binarize, val_fraction=cfg.data.val_fraction,
+                  test_fraction=cfg.data.test_fraction, seed=cfg.train.seed, label_column=cfg.data.label_column)
+    model = build_model(cfg.model, d.spec)
+    trainer = Trainer(model, d, cfg.train, run_dir, progress=progress, callbacks=callbacks)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            trainer.resume()
+        _write_config(run_dir, cfg, model, d)
+    history = trainer.fit()
+    run = Run(run_dir, trainer.model, cfg, history, data=d)
+    if run_dir is not None:
+        if not (run_dir / "model.safetensors").exists():  # validation never finite: keep the last weights
+            save_tensors(run_dir / "model.safetensors", trainer.model.state_dict())
+        run.model = load(run_dir, device=str(trainer.device))
+    if evaluate_test:
+        from .report import finish_run
+
+        run.test = finish_run(run, figures=figures)
+    return run
+
+
+def options() -> dict[str, str]:
+    """Every option ``train`` accepts, with the config section it belongs to."""
+    return field_sections()

@@ -1,0 +1,81 @@
+"""Training checkpoints without pickle: one safetensors file holding the model weights, the
+optimizer tensors and the RNG states, with the rest of the trainer state as JSON metadata.
+
+One file means one atomic rename: a checkpoint is either the old one or the new one, whole.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open
+
+from ..errors import CheckpointError
+from ..io import save_tensors
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Write model weights, optimizer state, RNG states and JSON ``state`` to one file atomically."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    tensors.update(opt_tensors)
+    tensors.update({f"rng.{k}": v for k, v in rng.items()})
+    meta = {"trainer_state": json.dumps(state), "optimizer": json.dumps(opt_meta), "format": "vaekit-checkpoint-1"}
+    save_tensors(path, tensors, meta)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore ``model`` and ``opt`` in place; return (rng states, trainer state)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint to resume from: {path} does not exist") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({e})") from None
+    if meta.get("format") != "vaekit-checkpoint-1":
+        raise CheckpointError(f"{path} is not a vaekit training checkpoint")
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    load_weights(model, weights, str(path))
+    opt_meta = json.loads(meta["optimizer"])
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for k, v in opt_meta["scalars"].items():
+        pid, name = k.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
+    rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return rng, json.loads(meta["trainer_state"])
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Load a state dict, turning key or shape mismatches into one clear CheckpointError."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    bad = [k for k in own if k in weights and own[k].shape != weights[k].shape]
+    if missing or extra or bad:
+        detail = (f"missing {missing[:3]}" if missing else "") or (f"unexpected {extra[:3]}" if extra else "")
+        detail = detail or f"shape of {bad[0]} is {tuple(weights[bad[0]].shape)}, model has {tuple(own[bad[0]].shape)}"
+        raise CheckpointError(f"weights in {where} do not fit this model ({detail}); was it saved by another model?")
+    model.load_state_dict(weights)

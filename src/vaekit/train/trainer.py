@@ -1,0 +1,244 @@
+"""The training loop: plain and readable, fast on CPU, safe to interrupt and resume.
+
+Data lives in one tensor; each epoch shuffles it with one gather and batches are slices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from tqdm import tqdm
+
+from ..config import TrainConfig
+from ..data.datasets import Data
+from ..errors import TrainingError, UsageError
+from ..functional.schedules import SCHEDULES, kl_weight_at
+from ..io import save_tensors
+from .checkpoint import load_checkpoint, save_checkpoint
+
+LR_SCHEDULES = ("none", "cosine", "exponential")
+PRECISIONS = ("highest", "high", "medium")
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is CUDA when available, else CPU; an unavailable CUDA request is a UsageError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UsageError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Reject impossible settings before anything is written."""
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise UsageError("--epochs and --batch-size must be at least 1")
+    if not cfg.lr > 0 or not math.isfinite(cfg.lr):
+        raise UsageError(f"--lr must be a positive number, got {cfg.lr}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise UsageError(f"unknown lr schedule {cfg.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+    if cfg.kl_schedule not in SCHEDULES:
+        raise UsageError(f"unknown KL schedule {cfg.kl_schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if cfg.matmul_precision not in PRECISIONS:
+        raise UsageError(f"unknown matmul precision {cfg.matmul_precision!r}; valid: {', '.join(PRECISIONS)}")
+    if cfg.kl_warmup < 0 or cfg.grad_clip < 0 or cfg.patience < 0 or cfg.iw_samples < 0:
+        raise UsageError("--kl-warmup, --grad-clip, --patience and --iw-samples must be >= 0")
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate for ``epoch`` (0-based); stateless so resuming needs no scheduler state."""
+    if cfg.lr_schedule == "cosine":
+        lo = cfg.lr * cfg.lr_min_factor
+        return lo + 0.5 * (cfg.lr - lo) * (1 + math.cos(math.pi * epoch / max(1, cfg.epochs - 1)))
+    if cfg.lr_schedule == "exponential":
+        return cfg.lr * cfg.lr_decay**epoch
+    return cfg.lr
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str) -> Iterator[None]:
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(name)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+@torch.no_grad()
+def mean_loss_terms(model: torch.nn.Module, x: torch.Tensor, batch_size: int, seed: int) -> dict[str, float]:
+    """Mean "elbo", "recon", "kl" over ``x`` with fixed noise (so epochs compare fairly)."""
+    was_training = model.training
+    model.eval()
+    sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].to(device, non_blocking=True)
+            out = model.loss(xb)
+            for k in sums:
+                sums[k] += float(out[k]) * len(xb)
+    model.train(was_training)
+    return {k: v / max(1, len(x)) for k, v in sums.items()}
+
+
+class Trainer:
+    """Trains ``model`` on ``data.train``, validating on ``data.val`` every epoch.
+
+    With ``run_dir`` it writes ``metrics.jsonl``, ``model.safetensors`` (best validation ELBO)
+    and ``last.safetensors`` (everything needed to resume). Each callback is called as
+    ``cb(trainer, record)`` after an epoch is logged and checkpointed.
+    """
+
+    def __init__(self, model: torch.nn.Module, data: Data, cfg: TrainConfig, run_dir: Path | None = None,
+                 *, progress: bool = True, callbacks: list[Callable[["Trainer", dict[str, Any]], None]] | None = None) -> None:
+        check_config(cfg)
+        self.cfg, self.data, self.run_dir = cfg, data, run_dir
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.progress = progress
+        self.callbacks = callbacks or []
+        fused = self.device.type in ("cpu", "cuda")
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_elbo": -math.inf, "best_epoch": -1,
+                                      "since_best": 0, "skipped_steps": 0}
+        self.history: list[dict[str, Any]] = []
+        # The whole training set is moved to the device once; batches are slices of it.
+        self.train_x = data.train.x.to(self.device)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        rng = {"torch": torch.get_rng_state(), "data": self.gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _save(self) -> None:
+        if self.run_dir is None:
+            return
+        save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, self._rng_state(), self.state)
+
+    def resume(self) -> None:
+        """Restore model, optimizer, RNGs, counters and metrics from ``run_dir/last.safetensors``."""
+        assert self.run_dir is not None
+        rng, self.state = load_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt)
+        torch.set_rng_state(rng["torch"])
+        self.gen.set_state(rng["data"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():  # drop records of epochs after the checkpoint (an interrupted run)
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.history = [r for r in rows if r["epoch"] < self.state["epoch"]]
+            from ..io import write_text
+
+            write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _epoch_batches(self) -> torch.Tensor:
+        """This epoch's training data, shuffled with one gather (and re-binarized if dynamic)."""
+        perm = torch.randperm(len(self.train_x), generator=self.gen).to(self.device)
+        xs = self.train_x.index_select(0, perm)
+        if self.data.dynamic_binarize:
+            u = torch.rand(xs.shape, generator=self.gen).to(self.device)
+            xs = (u < xs).to(xs.dtype)
+        return xs
+
+    def _grads_finite(self, loss: torch.Tensor) -> bool:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        return bool(torch.isfinite(loss) & torch.isfinite(norm))
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        xs = self._epoch_batches()
+        n, bs = len(xs), cfg.batch_size
+        # loss, elbo, recon, kl summed over examples; kept on the device so a GPU never waits
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        bar = tqdm(total=n, disable=not self.progress, leave=False, unit="ex", unit_scale=True,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, mininterval=0.5)
+        t0, bad_run, seen = time.perf_counter(), 0, 0
+        self.model.train()
+        for i in range(0, n, bs):
+            xb = xs[i : i + bs]
+            kl_w = kl_weight_at(epoch + i / n, cfg.kl_warmup, cfg.kl_schedule)
+            out = self.model.loss(xb, kl_weight=kl_w)
+            self.opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            if not self._grads_finite(out["loss"]):
+                self.state["skipped_steps"] += 1
+                bad_run += 1
+                if bad_run >= cfg.max_nonfinite:
+                    raise TrainingError(
+                        f"{bad_run} non-finite losses or gradients in a row at epoch {epoch + 1}; stopped "
+                        "(the last good checkpoint is intact). Try a lower --lr, --grad-clip, or check the data")
+                continue
+            bad_run = 0
+            self.opt.step()
+            self.state["step"] += 1
+            b = len(xb)
+            sums += torch.stack([out["loss"].detach(), out["elbo"], out["recon"], out["kl"]]).double() * b
+            seen += b
+            bar.update(b)
+            if self.progress and self.state["step"] % 50 == 0:
+                s = (sums / max(seen, 1)).tolist()
+                bar.set_postfix(loss=f"{s[0]:.2f}", elbo=f"{s[1]:.2f}", kl=f"{s[3]:.2f}",
+                                ex_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
+        bar.close()
+        dt = time.perf_counter() - t0
+        s = (sums / max(seen, 1)).tolist()
+        return {"train_loss": s[0], "train_elbo": s[1], "train_recon": s[2], "train_kl": s[3],
+                "kl_weight": kl_weight_at(epoch + 1, cfg.kl_warmup, cfg.kl_schedule),
+                "samples_per_s": seen / dt if dt > 0 else 0.0, "epoch_time_s": dt}
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Run the remaining epochs; return the per-epoch records (also in metrics.jsonl)."""
+        cfg = self.cfg
+        with matmul_precision(cfg.matmul_precision):
+            for epoch in range(self.state["epoch"], cfg.epochs):
+                for g in self.opt.param_groups:
+                    g["lr"] = lr_at(cfg, epoch)
+                rec = {"epoch": epoch, "step": 0, "lr": lr_at(cfg, epoch)}
+                rec.update(self._train_epoch(epoch))
+                if len(self.data.val):  # with no validation split the last epoch counts as best
+                    val = mean_loss_terms(self.model, self.data.val.x, cfg.eval_batch_size, cfg.seed + 1)
+                    rec.update({f"val_{k}": v for k, v in val.items()})
+                rec["step"], rec["skipped_steps"] = self.state["step"], self.state["skipped_steps"]
+                self._end_epoch(epoch, rec)
+                if cfg.patience and self.state["since_best"] >= cfg.patience:
+                    break
+        return self.history
+
+    def _end_epoch(self, epoch: int, rec: dict[str, Any]) -> None:
+        st = self.state
+        val_elbo = rec.get("val_elbo", rec["train_elbo"] if not len(self.data.val) else math.nan)
+        improved = math.isfinite(val_elbo) and (val_elbo > st["best_val_elbo"] or not len(self.data.val))
+        if improved:
+            st.update(best_val_elbo=val_elbo, best_epoch=epoch, since_best=0)
+            if self.run_dir is not None:
+                save_tensors(self.run_dir / "model.safetensors", self.model.state_dict())
+        else:
+            st["since_best"] += 1
+        st["epoch"] = epoch + 1
+        rec["best_epoch"] = st["best_epoch"]
+        self.history.append(rec)
+        if self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        self._save()
+        for cb in self.callbacks:
+            cb(self, rec)

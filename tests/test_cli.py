@@ -1,0 +1,140 @@
+"""Command-line smoke runs with tiny settings, and bad input: exit 2, one line, no files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vaekit.cli import main
+
+TINY = ["--hidden", "32", "--latent-dim", "4", "--batch-size", "64", "--quiet"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--data", "digits", "--epochs", "2", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_writes_run_directory(trained):
+    for name in ("config.json", "model.safetensors", "last.safetensors", "metrics.jsonl", "evaluation.json",
+                 "reconstructions.png", "samples.png", "training_curves.png", "kl_per_dim.png"):
+        assert (trained / name).exists(), name
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["model"]["likelihood"] == "bernoulli" and cfg["spec"]["shape"] == [1, 8, 8]
+    assert "vaekit_version" in cfg
+    assert len((trained / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_train_json(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "r"),
+                             "--json", "--kl-warmup", "1", "--free-bits", "0.1", *TINY)
+    assert code == 0
+    res = json.loads(out)
+    assert res["epochs"] == 1 and res["test"]["elbo"] < 0 and "active_units" in res["test"]
+
+
+def test_evaluate_json(trained, capsys):
+    code, out, _ = run_cli(capsys, "evaluate", str(trained), "--iw-samples", "20", "--limit", "40", "--json")
+    assert code == 0
+    res = json.loads(out)
+    for k in ("elbo", "recon", "kl", "nll", "bits_per_dim", "active_units", "kl_per_dim"):
+        assert k in res, k
+    assert res["n"] == 40 and len(res["kl_per_dim"]) == 4
+    assert res["nll"] <= -res["elbo"] + 1.0  # the IS estimate is (statistically) below -ELBO
+    code, out, _ = run_cli(capsys, "evaluate", str(trained), "--split", "val", "--json")
+    assert code == 0 and "nll" not in json.loads(out)
+
+
+def test_resume_extends_training(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run_cli(capsys, "train", "--data", "digits", "--epochs", "1", "--out", str(out), *TINY)[0] == 0
+    code, _, err = run_cli(capsys, "train", "--out", str(out), "--resume", "--epochs", "2", "--quiet")
+    assert code == 0, err
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["train", "--data", "digits", "--binarize", "sometimes"], "binarize"),
+        (["train", "--data", "digits", "--hidden", "abc"], "integers"),
+        (["train", "--data", "digits", "--lr", "nan"], "finite"),
+        (["train", "--data", "digits", "--epochs", "0"], "at least 1"),
+        (["train", "--data", "digitz"], "did you mean 'digits'"),
+        (["train", "--data", "/no/such/file.csv"], "no such file"),
+        (["train", "--data", "digits", "--likelihood", "poisson"], "likelihood"),
+        (["train", "--data", "digits", "--arch", "conv", "--hidden", "8,8,8,8"], "at least"),
+        (["train", "--data", "digits", "--device", "cuda:7" if False else "gpu"], "device"),
+        (["train", "--data", "digits", "--bogus-flag", "1"], "unrecognized"),
+        (["train"], "--data is required"),
+        (["evaluate", "/no/such/run"], "not found"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, match):
+    out = tmp_path / "never"
+    if argv[0] == "train" and len(argv) > 1:
+        argv = [*argv, "--out", str(out), "--quiet"]
+    with pytest.raises(SystemExit) if "bogus" in " ".join(argv) or "abc" in argv or "nan" in argv else _noop():
+        code = main(argv)
+        assert code == 2
+    err = capsys.readouterr().err
+    assert match in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+class _noop:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_bad_csv_via_cli_leaves_nothing(tmp_path, capsys):
+    p = tmp_path / "t.csv"
+    p.write_text("a,b\n1,2\n3,nan\n")
+    code, _, err = run_cli(capsys, "train", "--data", str(p), "--out", str(tmp_path / "r"), "--quiet")
+    assert code == 2 and "NaN" in err or "nan" in err.lower()
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_is_not_overwritten(trained, capsys):
+    before = (trained / "model.safetensors").read_bytes()
+    code, _, err = run_cli(capsys, "train", "--data", "digits", "--out", str(trained), "--quiet")
+    assert code == 2 and "--resume" in err
+    assert (trained / "model.safetensors").read_bytes() == before
+
+
+def test_corrupt_and_foreign_checkpoints(trained, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trained, bad)
+    (bad / "model.safetensors").write_bytes(b"\x00garbage")
+    code, _, err = run_cli(capsys, "evaluate", str(bad))
+    assert code == 2 and "corrupt" in err
+    # weights from a different architecture under this config
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"]["hidden"] = [16]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(trained / "model.safetensors", bad / "model.safetensors")
+    code, _, err = run_cli(capsys, "evaluate", str(bad))
+    assert code == 2 and "another model" in err
+
+
+def test_console_script_runs():
+    res = subprocess.run([sys.executable, "-m", "vaekit.cli", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and "vaekit" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "vaekit.cli", "train", "--data", "nope-set", "--quiet"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr

@@ -1,0 +1,149 @@
+"""The training loop: resume equals uninterrupted, non-finite steps, checkpoints, round trip."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vaekit
+from vaekit.config import TrainConfig
+from vaekit.data.datasets import Data, Split
+from vaekit.data.spec import DataSpec
+from vaekit.errors import CheckpointError, TrainingError, UsageError
+from vaekit.models import ModelConfig, build_model
+from vaekit.train.trainer import Trainer, lr_at
+
+
+def tiny_data(n=300, seed=0, dynamic=False):
+    g = torch.Generator().manual_seed(seed)
+    proto = torch.rand(3, 1, 8, 8, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = (proto[y] + 0.1 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
+    spec = DataSpec((1, 8, 8), "binary" if dynamic else "unit", 3)
+    sp = [Split(x[:200], y[:200]), Split(x[200:250], y[200:250]), Split(x[250:], y[250:])]
+    return Data(spec=spec, train=sp[0], val=sp[1], test=sp[2], source={"source": "tiny"}, dynamic_binarize=dynamic)
+
+
+def make_trainer(run_dir=None, epochs=4, **kw):
+    data = tiny_data(dynamic=kw.pop("dynamic", False))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden=[32], latent_dim=4), data.spec)
+    kw.setdefault("device", "cpu")
+    cfg = TrainConfig(epochs=epochs, batch_size=32, seed=0, **kw)
+    return Trainer(model, data, cfg, run_dir, progress=False)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, dynamic):
+    ref = make_trainer(tmp_path / "a", dynamic=dynamic, kl_warmup=2)
+    (tmp_path / "a").mkdir()
+    ref.fit()
+
+    (tmp_path / "b").mkdir()
+    t = make_trainer(tmp_path / "b", dynamic=dynamic, kl_warmup=2)
+    calls = {"n": 0}
+    real_loss = t.model.loss
+
+    def interrupting_loss(x, **kw):  # dies in the middle of the third epoch
+        calls["n"] += 1
+        if calls["n"] == 2 * 8 + 3:
+            raise KeyboardInterrupt
+        return real_loss(x, **kw)
+
+    t.model.loss = interrupting_loss
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    t2 = make_trainer(tmp_path / "b", dynamic=dynamic, kl_warmup=2)
+    t2.resume()
+    assert t2.state["epoch"] == 2
+    t2.fit()
+    for k, v in weights(ref.model).items():
+        assert torch.equal(v, t2.model.state_dict()[k]), k
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    ref_rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_elbo"] for r in rows] == [r["val_elbo"] for r in ref_rows]
+
+
+def test_training_improves_and_writes_checkpoints(tmp_path):
+    t = make_trainer(tmp_path, epochs=6)
+    hist = t.fit()
+    assert hist[-1]["val_elbo"] > hist[0]["val_elbo"]
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "last.safetensors").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+    best = load_file(str(tmp_path / "model.safetensors"))
+    assert set(best) == set(t.model.state_dict())
+    assert all(k in hist[0] for k in ("train_elbo", "train_kl", "val_elbo", "samples_per_s", "kl_weight", "lr"))
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path):
+    t = make_trainer(tmp_path, epochs=3, max_nonfinite=3)
+    real_loss = t.model.loss
+    calls = {"n": 0}
+
+    def flaky(x, **kw):
+        calls["n"] += 1
+        out = real_loss(x, **kw)
+        if calls["n"] == 2:  # one bad step: skipped, weights untouched
+            out["loss"] = out["loss"] * float("nan")
+        if calls["n"] > 16:  # from the third epoch on, every step is bad
+            out["loss"] = out["loss"] * float("inf")
+        return out
+
+    t.model.loss = flaky
+    with pytest.raises(TrainingError, match="non-finite"):
+        t.fit()
+    assert t.state["skipped_steps"] >= 1
+    # the last good checkpoint (end of epoch 2) is intact and loads
+    t2 = make_trainer(tmp_path, epochs=3)
+    t2.resume()
+    assert t2.state["epoch"] == 2 and t2.state["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in t2.model.parameters())
+
+
+def test_early_stopping(tmp_path):
+    t = make_trainer(tmp_path, epochs=50, patience=2, lr=0.5)  # a huge lr stops improving quickly
+    hist = t.fit()
+    assert len(hist) < 50
+    assert hist[-1]["epoch"] - hist[-1]["best_epoch"] == 2
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(epochs=11, lr=1.0, lr_schedule="cosine", lr_min_factor=0.1)
+    assert lr_at(cfg, 0) == 1.0 and math.isclose(lr_at(cfg, 10), 0.1) and math.isclose(lr_at(cfg, 5), 0.55)
+    cfg = TrainConfig(lr=1.0, lr_schedule="exponential", lr_decay=0.5)
+    assert lr_at(cfg, 3) == 0.125
+
+
+def test_bad_train_config():
+    with pytest.raises(UsageError, match="lr schedule"):
+        make_trainer(lr_schedule="sometimes")
+    with pytest.raises(UsageError, match="--lr must be"):
+        make_trainer(lr=-1.0)
+    with pytest.raises(UsageError, match="device"):
+        make_trainer(device="tpu")
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
+    (tmp_path / "last.safetensors").write_bytes(b"not a checkpoint")
+    t = make_trainer(tmp_path)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        t.resume()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        make_trainer(tmp_path / "nothing").resume()
+
+
+def test_checkpoint_from_another_model_is_rejected(tmp_path):
+    t = make_trainer(tmp_path, epochs=1)
+    t.fit()
+    data = tiny_data()
+    other = build_model(ModelConfig(hidden=[16], latent_dim=4), data.spec)
+    t2 = Trainer(other, data, TrainConfig(epochs=1, device="cpu"), tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="another model"):
+        t2.resume()
