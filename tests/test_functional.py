@@ -73,3 +73,15 @@ def test_kl_weight_schedules():
     assert kl_weight_at(8.0, 4, "cyclical") == 0.0 and kl_weight_at(9.0, 4, "cyclical") == 0.25
     with pytest.raises(ValueError):
         kl_weight_at(1.0, 1.0, "bogus")
+
+
+def test_bernoulli_log_prob_matches_torch_with_gradients():
+    from vaekit.functional.bernoulli import bernoulli_log_prob
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(5, 1, 4, 3, generator=g, dtype=torch.float64) * 5).requires_grad_(True)
+    x = torch.rand(5, 1, 4, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    want = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+    got = bernoulli_log_prob(logits, x)
+    torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(bernoulli_log_prob, (logits, x))

@@ -117,3 +117,18 @@ def test_every_architecture_registered_both_ways():
 
     assert ENCODERS.names() == DECODERS.names()
     assert math.prod((1, 2)) == 2
+
+
+@pytest.mark.parametrize("arch,lik", [("mlp", "bernoulli"), ("mlp", "gaussian"), ("conv", "bernoulli"),
+                                      ("mlp", "discretized-logistic")])
+def test_data_init_starts_decoder_at_the_mean(arch, lik):
+    spec = DataSpec((1, 8, 8), "8bit")
+    m = build_model(ModelConfig(arch=arch, hidden=[16] if arch == "mlp" else None, latent_dim=2, likelihood=lik), spec)
+    x = torch.rand(50, 1, 8, 8) * 0.8 + 0.1
+    m.init_from_data(x)
+    last = m.decoder.net[-1] if arch == "mlp" else m.decoder.out
+    with torch.no_grad():
+        last.weight.zero_()  # silence the hidden layers: the output is the bias alone
+    mean = m.decode_mean(torch.zeros(1, 2))[0]
+    want = x.mean(0) if arch == "mlp" else x.mean().expand_as(mean)
+    torch.testing.assert_close(mean, want, atol=2e-3, rtol=0)

@@ -40,7 +40,8 @@ class TrainConfig:
     """The optimisation. ``kl_warmup`` is in epochs; ``patience`` 0 turns early stopping off.
 
     lr_schedule: "none", "cosine" (to lr * lr_min_factor at the last epoch) or "exponential"
-    (lr * lr_decay ** epoch). matmul_precision: "highest" is exact fp32; "medium" lets
+    (lr * lr_decay ** epoch). data_init: start the decoder's output bias at the training data's
+    marginal (mean image). matmul_precision: "highest" is exact fp32; "medium" lets
     float32 matrix multiplies run in bfloat16 on CPUs with AMX (and TF32/bf16 on GPUs).
     """
 
@@ -61,6 +62,7 @@ class TrainConfig:
     matmul_precision: str = "highest"
     eval_batch_size: int = 1000
     iw_samples: int = 0
+    data_init: bool = True
 
 
 @dataclass

@@ -81,6 +81,9 @@ class BaseModel(nn.Module):
     def loss(self, x: torch.Tensor, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Data-dependent initialisation before training (a no-op unless a model defines it)."""
+
 
 def build_model(config: ModelConfig, spec: DataSpec) -> BaseModel:
     """Build the model named by ``config.model`` for data described by ``spec``."""

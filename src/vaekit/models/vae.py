@@ -49,6 +49,12 @@ class VAE(BaseModel):
         """z = mu + sigma * eps, eps ~ N(0, I): a sample that carries gradients to mu and logvar."""
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Start the decoder's output at the data's marginal (for Bernoulli: the mean image's
+        log-odds), which removes the first epoch's slow fit of the average image."""
+        self.decoder.set_output_bias(self.likelihood.init_params(x))
+
     # -- training objective -------------------------------------------------------------------
     def loss(self, x: torch.Tensor, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """Negative ELBO with beta and free bits, averaged over the batch (nats per example).

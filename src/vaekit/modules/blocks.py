@@ -70,6 +70,11 @@ class MLPDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).view(z.shape[0], self.num_params, *self.shape)
 
+    @torch.no_grad()
+    def set_output_bias(self, params: torch.Tensor) -> None:
+        """Make the output equal ``params`` (P, *shape) when the last hidden layer is silent."""
+        self.net[-1].bias.copy_(params.reshape(-1))
+
 
 def conv_plan(shape: tuple[int, ...], hidden: list[int] | None) -> tuple[list[int], list[tuple[int, int]]]:
     """Channels per stride-2 conv layer and the spatial size before each, for an image (C, H, W).
@@ -137,6 +142,11 @@ class ConvDecoder(nn.Module):
             c_in = c_out
         self.deconv = nn.Sequential(*layers)
         self.out = nn.Conv2d(c_in, num_params * shape[0], 3, padding=1)
+
+    @torch.no_grad()
+    def set_output_bias(self, params: torch.Tensor) -> None:
+        """Per-channel bias from ``params`` (P, C, H, W), averaged over the image."""
+        self.out.bias.copy_(params.mean(dim=(-2, -1)).reshape(-1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z).view(z.shape[0], *self.start)

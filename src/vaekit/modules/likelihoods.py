@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, constraints
 
+from ..functional.bernoulli import bernoulli_log_prob
 from ..functional.discretized import discretized_logistic_log_prob
 from ..registry import Registry
 
@@ -42,6 +43,13 @@ class Likelihood(nn.Module):
     def sample(self, params: torch.Tensor) -> torch.Tensor:
         return self.dist(params).sample()
 
+    def init_params(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw parameters (P, *data_shape) that fit the data's marginal: the decoder's starting
+        output bias, so training begins from the mean image instead of from noise."""
+        out = torch.zeros(self.num_params, *x.shape[1:], dtype=x.dtype, device=x.device)
+        out[0] = x.mean(0)
+        return out
+
 
 def _sum_data_dims(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).sum(1)
@@ -55,9 +63,7 @@ class BernoulliLikelihood(Likelihood):
     kinds = ("binary", "8bit", "unit")
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        logits = params.reshape(x.shape)
-        bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        return -_sum_data_dims(bce)
+        return bernoulli_log_prob(params, x)
 
     def dist(self, params: torch.Tensor) -> Distribution:
         logits = params[:, 0]
@@ -66,6 +72,10 @@ class BernoulliLikelihood(Likelihood):
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params[:, 0])
+
+    def init_params(self, x: torch.Tensor) -> torch.Tensor:
+        p = x.mean(0).clamp(1e-3, 1 - 1e-3)  # marginal log-odds, as in Burda et al.'s code
+        return torch.log(p / (1 - p)).unsqueeze(0)
 
 
 @LIKELIHOODS.register("gaussian")
@@ -168,6 +178,11 @@ class DiscretizedLogisticLikelihood(Likelihood):
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         loc, log_scale = self._split(params)
         return _sum_data_dims(discretized_logistic_log_prob(x, loc, log_scale))
+
+    def init_params(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().init_params(x)
+        out[0] -= 0.5  # the mean is decoded with a +0.5 offset
+        return out
 
     def dist(self, params: torch.Tensor) -> Distribution:
         loc, log_scale = self._split(params)

@@ -116,6 +116,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         # The whole training set is moved to the device once; batches are slices of it.
         self.train_x = data.train.x.to(self.device)
+        if cfg.data_init:
+            self.model.init_from_data(self.train_x[:10000])
 
     # -- persistence ----------------------------------------------------------------------------
     def _rng_state(self) -> dict[str, torch.Tensor]:
