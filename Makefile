@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/vaekit train --data digits --epochs 30
+	$(VENV)/bin/vaekit train --data digits --epochs 100 --batch-size 32
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests

@@ -72,7 +72,7 @@ def test_resume_extends_training(tmp_path, capsys):
         (["train", "--data", "digitz"], "did you mean 'digits'"),
         (["train", "--data", "/no/such/file.csv"], "no such file"),
         (["train", "--data", "digits", "--likelihood", "poisson"], "likelihood"),
-        (["train", "--data", "digits", "--arch", "conv", "--hidden", "8,8,8,8"], "at least"),
+        (["train", "--data", "digits", "--latent-dim", "0"], "latent-dim"),
         (["train", "--data", "digits", "--device", "cuda:7" if False else "gpu"], "device"),
         (["train", "--data", "digits", "--bogus-flag", "1"], "unrecognized"),
         (["train"], "--data is required"),

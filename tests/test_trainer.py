@@ -35,31 +35,41 @@ def make_trainer(run_dir=None, epochs=4, **kw):
     return Trainer(model, data, cfg, run_dir, progress=False)
 
 
+def patch_step(t, wrapper):
+    """Wrap whichever step the trainer uses (the fast MLP step, else model.loss)."""
+    if t.fast is not None:
+        t.fast.step = wrapper(t.fast.step)
+    else:
+        t.model.loss = wrapper(t.model.loss)
+
+
 def weights(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_resume_after_interruption_equals_uninterrupted(tmp_path, dynamic):
-    ref = make_trainer(tmp_path / "a", dynamic=dynamic, kl_warmup=2)
+@pytest.mark.parametrize("dynamic,fast", [(False, True), (True, True), (False, False)])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, dynamic, fast):
+    ref = make_trainer(tmp_path / "a", dynamic=dynamic, kl_warmup=2, fast_path=fast)
     (tmp_path / "a").mkdir()
     ref.fit()
 
     (tmp_path / "b").mkdir()
-    t = make_trainer(tmp_path / "b", dynamic=dynamic, kl_warmup=2)
+    t = make_trainer(tmp_path / "b", dynamic=dynamic, kl_warmup=2, fast_path=fast)
+    assert (t.fast is not None) == fast
     calls = {"n": 0}
-    real_loss = t.model.loss
 
-    def interrupting_loss(x, **kw):  # dies in the middle of the third epoch
-        calls["n"] += 1
-        if calls["n"] == 2 * 8 + 3:
-            raise KeyboardInterrupt
-        return real_loss(x, **kw)
+    def interrupting(step):  # dies in the middle of the third epoch (7 training steps an epoch)
+        def wrapped(x, **kw):
+            calls["n"] += 1
+            if calls["n"] == 2 * 7 + 3:
+                raise KeyboardInterrupt
+            return step(x, **kw)
+        return wrapped
 
-    t.model.loss = interrupting_loss
+    patch_step(t, interrupting)
     with pytest.raises(KeyboardInterrupt):
         t.fit()
-    t2 = make_trainer(tmp_path / "b", dynamic=dynamic, kl_warmup=2)
+    t2 = make_trainer(tmp_path / "b", dynamic=dynamic, kl_warmup=2, fast_path=fast)
     t2.resume()
     assert t2.state["epoch"] == 2
     t2.fit()
@@ -82,21 +92,34 @@ def test_training_improves_and_writes_checkpoints(tmp_path):
     assert all(k in hist[0] for k in ("train_elbo", "train_kl", "val_elbo", "samples_per_s", "kl_weight", "lr"))
 
 
-def test_non_finite_steps_are_skipped_then_stop(tmp_path):
-    t = make_trainer(tmp_path, epochs=3, max_nonfinite=3)
-    real_loss = t.model.loss
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, fast, where):
+    t = make_trainer(tmp_path, epochs=3, max_nonfinite=3, fast_path=fast)
     calls = {"n": 0}
+    first = next(t.model.parameters())
 
-    def flaky(x, **kw):
-        calls["n"] += 1
-        out = real_loss(x, **kw)
-        if calls["n"] == 2:  # one bad step: skipped, weights untouched
-            out["loss"] = out["loss"] * float("nan")
-        if calls["n"] > 16:  # from the third epoch on, every step is bad
-            out["loss"] = out["loss"] * float("inf")
-        return out
+    def bad_now():  # one bad step in epoch 1, then every step of epoch 3 (7 steps an epoch)
+        return calls["n"] == 2 or calls["n"] > 14
 
-    t.model.loss = flaky
+    # autograd path: a gradient hook poisons one gradient while the loss stays finite
+    first.register_hook(lambda g: g * float("nan") if where == "grad" and bad_now() else g)
+
+    def flaky(step):
+        def wrapped(x, **kw):
+            if not t.model.training:  # validation passes are not training steps
+                return step(x, **kw)
+            calls["n"] += 1
+            out = step(x, **kw)
+            if bad_now() and where == "loss":
+                out["loss"] = out["loss"] * float("nan")
+            elif bad_now() and "grad_check" in out:  # fast path: poison a gradient it computed
+                first.grad[0, 0] = float("nan")
+                out["grad_check"] = out["grad_check"] + first.grad[0, 0]
+            return out
+        return wrapped
+
+    patch_step(t, flaky)
     with pytest.raises(TrainingError, match="non-finite"):
         t.fit()
     assert t.state["skipped_steps"] >= 1
