@@ -138,3 +138,15 @@ def test_console_script_runs():
     res = subprocess.run([sys.executable, "-m", "vaekit.cli", "train", "--data", "nope-set", "--quiet"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_python_api_train_and_load(tmp_path):
+    import vaekit
+
+    run = vaekit.train("digits", out=tmp_path / "r", epochs=1, hidden=[16], latent_dim=2, progress=False,
+                       figures=False)
+    assert callable(vaekit.train) and run.test["n"] > 0
+    m = vaekit.load(tmp_path / "r")
+    x = run.data.test.x[:5]
+    assert m.reconstruct(x).shape == x.shape and m.sample(3).shape == (3, 1, 8, 8)
+    assert "latent_dim" in vaekit.options()

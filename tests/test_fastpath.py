@@ -5,7 +5,7 @@ import torch
 
 from vaekit.data.spec import DataSpec
 from vaekit.models import ModelConfig, build_model
-from vaekit.train.fastpath import FastStep, supports
+from vaekit.training.fastpath import FastStep, supports
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from vaekit.data.datasets import Data, Split
 from vaekit.data.spec import DataSpec
 from vaekit.errors import CheckpointError, TrainingError, UsageError
 from vaekit.models import ModelConfig, build_model
-from vaekit.train.trainer import Trainer, lr_at
+from vaekit.training.trainer import Trainer, lr_at
 
 
 def tiny_data(n=300, seed=0, dynamic=False):

@@ -24,8 +24,8 @@ from .data.spec import DataSpec
 from .errors import CheckpointError, UsageError
 from .io import save_tensors, write_json
 from .models.base import BaseModel, ModelConfig, build_model
-from .train.checkpoint import load_weights
-from .train.trainer import Trainer, check_config, resolve_device
+from .training.checkpoint import load_weights
+from .training.trainer import Trainer, check_config, resolve_device
 
 
 @dataclass
