@@ -39,7 +39,7 @@ def cpu_name() -> str:
 
 def train_seed(args: argparse.Namespace) -> dict:
     import vaekit
-    from vaekit.train.trainer import mean_loss_terms
+    from vaekit.training.trainer import matmul_precision, mean_loss_terms
 
     rows: list[dict] = []
     train_s = 0.0
@@ -47,7 +47,8 @@ def train_seed(args: argparse.Namespace) -> dict:
     def on_epoch(trainer, rec: dict) -> None:
         nonlocal train_s
         train_s += rec["epoch_time_s"]  # the training loop only; this evaluation is not counted
-        t = mean_loss_terms(trainer.model, trainer.data.test.x, 1000, seed=123)
+        with matmul_precision("highest"):  # evaluate in exact fp32 whatever the training precision
+            t = mean_loss_terms(trainer.model, trainer.data.test.x, 1000, seed=123)
         rows.append({"epoch": rec["epoch"] + 1, "samples_per_s": round(rec["samples_per_s"]),
                      "train_s_cumulative": round(train_s, 2), "test_neg_elbo": round(-t["elbo"], 2),
                      "test_kl": round(t["kl"], 2)})

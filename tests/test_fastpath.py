@@ -59,3 +59,20 @@ def test_grad_check_sees_a_non_finite_gradient():
     out = FastStep(m).step(x)
     assert not torch.isfinite(out["grad_check"])
     assert not torch.isfinite(m.decoder.net[-1].weight.grad).all()
+
+
+def test_bfloat16_matmuls_stay_close_to_fp32():
+    spec = DataSpec((1, 6, 7), "8bit")
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(hidden=[64, 32], latent_dim=4, activation="tanh"), spec)
+    x = torch.rand(32, *spec.shape)
+    torch.manual_seed(3)
+    ref = FastStep(m).step(x)
+    want = {n: p.grad.clone() for n, p in m.named_parameters()}
+    torch.manual_seed(3)
+    got = FastStep(m, matmul_dtype=torch.bfloat16).step(x)
+    assert abs(float(got["loss"] - ref["loss"])) < 0.01 * abs(float(ref["loss"]))
+    for n, p in m.named_parameters():
+        assert p.grad.dtype == torch.float32
+        rel = (p.grad - want[n]).norm() / want[n].norm()
+        assert rel < 0.05, (n, float(rel))

@@ -29,9 +29,9 @@ def trained():
     torch.manual_seed(0)
     x = _digits()
     m = build_model(ModelConfig(hidden=[64], latent_dim=4), SPEC)
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    for step in range(150):
-        idx = torch.randint(0, 1400, (64,))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for step in range(60):
+        idx = torch.randint(0, 1400, (128,))
         loss = m.loss(x[idx])["loss"]
         opt.zero_grad()
         loss.backward()
@@ -89,10 +89,11 @@ def test_log_weights_calls_respect_the_chunk_size(monkeypatch):
         return real(x, k)
 
     monkeypatch.setattr(m, "log_weights", spy)
-    monkeypatch.setattr("vaekit.metrics.iw_chunk_rows", lambda model: 300)
-    evaluate(m, torch.rand(50, 1, 8, 8), iw_samples=1000, batch_size=20)
-    assert max(b * c for b, c in calls) <= 300
-    assert sum(b * c for b, c in calls) == 50 * 1000  # K samples for each example, no more
+    monkeypatch.setattr("vaekit.metrics.iw_chunk_rows", lambda model: 64)
+    evaluate(m, torch.rand(30, 1, 8, 8), iw_samples=200, batch_size=20)
+    assert max(b * c for b, c in calls) <= 64
+    assert sum(b * c for b, c in calls) == 30 * 200  # K samples for each example, no more
+    assert len({c for _, c in calls}) == 1  # equal chunks (4 x 50), no tiny remainder call
 
 
 # -- the oracle: numerical integration over a 1-D latent ----------------------------------------
@@ -139,12 +140,14 @@ def test_one_sample_iw_estimate_is_the_elbo(trained):
 
 def test_iw_estimate_tightens_and_converges(trained):
     m, x = trained
+    x = x[:200]
     r = {k: evaluate(m, x, iw_samples=k, seed=7)["nll"] for k in (1, 50, 500, 1000)}
-    gap = r[1] - r[1000]
-    assert gap > 0.2  # more samples give a tighter bound on -log p(x) ...
+    gap = r[1] - r[1000]  # ~0.2 nats for this model
+    assert gap > 0.1  # more samples give a tighter bound on -log p(x) ...
     assert r[1] > r[50] > r[1000] - 0.02
     assert abs(r[500] - r[1000]) < 0.05 * gap  # ... and it has converged by K = 500
-    assert evaluate(m, x, seed=7)["elbo"] <= -r[1000] + 1e-3 + 4 * evaluate(m, x, seed=7)["elbo_std_err"]
+    e = evaluate(m, x, seed=7)  # ELBO <= log p(x), up to the one-sample ELBO's noise
+    assert e["elbo"] <= -r[1000] + 4 * e["elbo_std_err"]
 
 
 def test_scores_rank_noise_as_anomalous(trained):

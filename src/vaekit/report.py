@@ -63,8 +63,9 @@ def write_figures(run: "Run", res: dict[str, Any]) -> None:
     x = run.data.test.x[:32].to(model.device)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.config.train.seed)
-        fig.save_reconstructions(d / "reconstructions.png", x.cpu(), model.reconstruct(x).cpu())
-        fig.save_samples(d / "samples.png", model.sample(64).cpu())
+        kind = model.spec.kind
+        fig.save_reconstructions(d / "reconstructions.png", x.cpu(), model.reconstruct(x).cpu(), kind=kind)
+        fig.save_samples(d / "samples.png", model.sample(64).cpu(), kind=kind, reference=run.data.test.x[:500])
     records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
     fig.save_training_curves(d / "training_curves.png", records)
-    fig.save_kl_per_dim(d / "kl_per_dim.png", res["kl_per_dim"])
+    fig.save_kl_per_dim(d / "kl_per_dim.png", res["kl_per_dim"], posterior_mean_var=res.get("posterior_mean_var"))

@@ -67,22 +67,27 @@ class FastStep:
     """``step(x, kl_weight)`` sets ``p.grad`` for every parameter and returns the loss dict,
     plus "grad_check", a sum over all gradients that is non-finite when any gradient is."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, matmul_dtype: torch.dtype | None = None) -> None:
+        """``matmul_dtype=torch.bfloat16`` runs every matmul on bfloat16 copies of the weights
+        and activations (fp32 accumulation inside oneDNN/AMX), keeping fp32 master weights,
+        fp32 gradients for the optimizer and the loss in fp32."""
         if not supports(model):
             raise ValueError("FastStep does not support this model")
         self.model = model
+        self.mm_dtype = matmul_dtype
         self.enc, self.enc_act = _linears_and_act(model.encoder.net)
         self.dec, self.dec_act = _linears_and_act(model.decoder.net)
         lik = model.likelihood
         self.sigma = lik.sigma if isinstance(lik, FixedGaussianLikelihood) else None
         self._bufs: dict[tuple, torch.Tensor] = {}
 
-    def _buf(self, key: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    def _buf(self, key: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A persistent scratch tensor: re-allocating megabyte-sized tensors every step costs
         page faults that show up as a slower optimizer and matmuls on CPU."""
+        dtype = dtype or like.dtype
         t = self._bufs.get((key, shape))
-        if t is None or t.dtype != like.dtype or t.device != like.device:
-            t = self._bufs[(key, shape)] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        if t is None or t.dtype != dtype or t.device != like.device:
+            t = self._bufs[(key, shape)] = torch.empty(shape, dtype=dtype, device=like.device)
         return t
 
     @staticmethod
@@ -91,27 +96,41 @@ class FastStep:
             p.grad = torch.empty_like(p)
         return p.grad
 
+    def _low(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        """``t`` in the matmul dtype (itself when that is its dtype), in a persistent buffer."""
+        if self.mm_dtype is None or t.dtype == self.mm_dtype:
+            return t
+        return self._buf(key, tuple(t.shape), t, self.mm_dtype).copy_(t)
+
     def _forward(self, name: str, layers: list[nn.Linear], act: type | None, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Returns the fp32 output and the inputs of every layer (in the matmul dtype)."""
+        h = self._low(f"{name}in", h)
         hs = [h]
         for i, layer in enumerate(layers):
             a = self._buf(f"{name}{i}", (h.shape[0], layer.out_features), h)
-            torch.addmm(layer.bias, h, layer.weight.t(), out=a)
+            torch.addmm(self._low(f"{name}b{i}", layer.bias), h, self._low(f"{name}w{i}", layer.weight).t(), out=a)
             h = _act_forward(act, a) if i < len(layers) - 1 else a
             hs.append(h)
-        return h, hs
+        return h.to(layers[-1].weight.dtype), hs
 
     def _backward(self, name: str, layers: list[nn.Linear], act: type | None, hs: list[torch.Tensor], g: torch.Tensor,
                   need_input_grad: bool) -> torch.Tensor | None:
         """Back through ``layers`` from output gradient ``g``; hs[i] is the input of layer i."""
         for i in range(len(layers) - 1, -1, -1):
             layer = layers[i]
-            gw = torch.mm(g.t(), hs[i], out=self._grad_buf(layer.weight))
+            g_low = self._low(f"g{name}low{i}", g)
             gb = torch.sum(g, 0, out=self._grad_buf(layer.bias))
+            if g_low is g:
+                gw = torch.mm(g.t(), hs[i], out=self._grad_buf(layer.weight))
+            else:
+                gw_low = torch.mm(g_low.t(), hs[i], out=self._buf(f"gw{name}{i}", tuple(layer.weight.shape), g_low))
+                gw = self._grad_buf(layer.weight).copy_(gw_low)
             # Summed while still in cache: a NaN or inf anywhere makes the sum non-finite.
             self._checks += [gw.sum(), gb.sum()]
             if i == 0 and not need_input_grad:
                 return None
-            g = torch.mm(g, layer.weight, out=self._buf(f"g{name}{i}", (g.shape[0], layer.in_features), g))
+            w = self._bufs.get((f"{name}w{i}", tuple(layer.weight.shape)), layer.weight) if g_low is not g else layer.weight
+            g = torch.mm(g_low, w, out=self._buf(f"g{name}{i}", (g.shape[0], layer.in_features), g_low)).to(layer.weight.dtype)
             if i > 0:
                 g = _act_backward(act, g, hs[i])
         return g

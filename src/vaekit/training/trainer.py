@@ -120,7 +120,9 @@ class Trainer:
         if cfg.data_init:
             self.model.init_from_data(self.train_x[:10000])
         # The hand-derived step where it applies (same loss and gradients as autograd).
-        self.fast = FastStep(self.model) if cfg.fast_path and supports(self.model) else None
+        # With matmul_precision "medium" its matmuls run on bfloat16 copies (AMX on recent CPUs).
+        low = torch.bfloat16 if cfg.matmul_precision == "medium" else None
+        self.fast = FastStep(self.model, matmul_dtype=low) if cfg.fast_path and supports(self.model) else None
         self._found_inf = torch.zeros(1, device=self.device)
         self._one = torch.ones(1, device=self.device)
 
@@ -164,7 +166,7 @@ class Trainer:
 
     def _grads_finite(self, loss: torch.Tensor, grad_check: torch.Tensor | None = None) -> bool:
         if grad_check is not None and self.cfg.grad_clip == 0:  # the fast step summed its gradients
-            return bool(torch.isfinite(loss + grad_check))
+            return math.isfinite(float(loss + grad_check))
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.cfg.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
@@ -174,15 +176,26 @@ class Trainer:
         torch._amp_foreach_non_finite_check_and_unscale_([p.grad for p in params], self._found_inf, self._one)
         return bool(torch.isfinite(loss) & (self._found_inf == 0))
 
+    @staticmethod
+    def _mean_terms(terms: list[tuple[torch.Tensor, ...]], sizes: list[int]) -> list[float]:
+        """Example-weighted means of the per-step (loss, elbo, recon, kl)."""
+        if not terms:
+            return [math.nan] * 4
+        t = torch.stack([torch.stack(row) for row in terms]).double()  # (steps, 4)
+        w = torch.tensor(sizes, dtype=torch.float64, device=t.device)
+        return ((w @ t) / w.sum()).tolist()
+
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
         xs = self._epoch_batches()
         n, bs = len(xs), cfg.batch_size
-        # loss, elbo, recon, kl summed over examples; kept on the device so a GPU never waits
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        # Per-step (loss, elbo, recon, kl) tensors, reduced once per epoch: no extra kernels
+        # or device syncs on the training step.
+        terms: list[tuple[torch.Tensor, ...]] = []
+        sizes: list[int] = []
         bar = tqdm(total=n, disable=not self.progress, leave=False, unit="ex", unit_scale=True,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, mininterval=0.5)
-        t0, bad_run, seen = time.perf_counter(), 0, 0
+        t0, bad_run = time.perf_counter(), 0
         self.model.train()
         for i in range(0, n, bs):
             xb = xs[i : i + bs]
@@ -204,17 +217,16 @@ class Trainer:
             bad_run = 0
             self.opt.step()
             self.state["step"] += 1
-            b = len(xb)
-            sums += torch.stack([out["loss"].detach(), out["elbo"], out["recon"], out["kl"]]).double() * b
-            seen += b
-            bar.update(b)
+            terms.append((out["loss"].detach(), out["elbo"], out["recon"], out["kl"]))
+            sizes.append(len(xb))
+            bar.update(len(xb))
             if self.progress and self.state["step"] % 50 == 0:
-                s = (sums / max(seen, 1)).tolist()
+                s = self._mean_terms(terms[-50:], sizes[-50:])
                 bar.set_postfix(loss=f"{s[0]:.2f}", elbo=f"{s[1]:.2f}", kl=f"{s[3]:.2f}",
-                                ex_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
+                                ex_s=f"{sum(sizes) / (time.perf_counter() - t0):.0f}", refresh=False)
         bar.close()
         dt = time.perf_counter() - t0
-        s = (sums / max(seen, 1)).tolist()
+        s, seen = self._mean_terms(terms, sizes), sum(sizes)
         return {"train_loss": s[0], "train_elbo": s[1], "train_recon": s[2], "train_kl": s[3],
                 "kl_weight": kl_weight_at(epoch + 1, cfg.kl_warmup, cfg.kl_schedule),
                 "samples_per_s": seen / dt if dt > 0 else 0.0, "epoch_time_s": dt}
