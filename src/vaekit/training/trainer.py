@@ -193,8 +193,8 @@ class Trainer:
         # or device syncs on the training step.
         terms: list[tuple[torch.Tensor, ...]] = []
         sizes: list[int] = []
-        bar = tqdm(total=n, disable=not self.progress, leave=False, unit="ex", unit_scale=True,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, mininterval=0.5)
+        bar = self._bar
+        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}", refresh=False)
         t0, bad_run = time.perf_counter(), 0
         self.model.train()
         for i in range(0, n, bs):
@@ -224,7 +224,6 @@ class Trainer:
                 s = self._mean_terms(terms[-50:], sizes[-50:])
                 bar.set_postfix(loss=f"{s[0]:.2f}", elbo=f"{s[1]:.2f}", kl=f"{s[3]:.2f}",
                                 ex_s=f"{sum(sizes) / (time.perf_counter() - t0):.0f}", refresh=False)
-        bar.close()
         dt = time.perf_counter() - t0
         s, seen = self._mean_terms(terms, sizes), sum(sizes)
         return {"train_loss": s[0], "train_elbo": s[1], "train_recon": s[2], "train_kl": s[3],
@@ -234,7 +233,11 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Run the remaining epochs; return the per-epoch records (also in metrics.jsonl)."""
         cfg = self.cfg
-        with matmul_precision(cfg.matmul_precision):
+        n = len(self.train_x)
+        # One bar for the whole run (examples seen), so short epochs do not print a line each.
+        self._bar = tqdm(total=n * cfg.epochs, initial=n * self.state["epoch"], disable=not self.progress,
+                         leave=False, unit="ex", unit_scale=True, file=sys.stderr, mininterval=0.5)
+        with self._bar, matmul_precision(cfg.matmul_precision):
             for epoch in range(self.state["epoch"], cfg.epochs):
                 for g in self.opt.param_groups:
                     g["lr"] = lr_at(cfg, epoch)
