@@ -2,5 +2,6 @@
 
 from .base import MODELS, ModelConfig, build_model
 from .vae import VAE
+from .iwae import IWAE  # noqa: E402  (registers "iwae")
 
-__all__ = ["MODELS", "ModelConfig", "VAE", "build_model"]
+__all__ = ["IWAE", "MODELS", "ModelConfig", "VAE", "build_model"]

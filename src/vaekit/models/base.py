@@ -25,6 +25,7 @@ class ModelConfig:
     likelihood: None picks one from the data kind (Bernoulli for [0, 1] data, else Gaussian).
     free_bits: minimum KL per latent dimension (nats, batch-averaged) below which the KL term
         gives no gradient (Kingma et al. 2016); 0 disables it.
+    k: importance samples per example in the training bound of model "iwae" (unused by "vae").
     """
 
     model: str = "vae"
@@ -36,6 +37,7 @@ class ModelConfig:
     prior: str = "standard-normal"
     beta: float = 1.0
     free_bits: float = 0.0
+    k: int = 50
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self, spec: DataSpec) -> "ModelConfig":
@@ -55,6 +57,8 @@ class ModelConfig:
             raise UsageError(f"--hidden needs positive integers, got {cfg.hidden}")
         if cfg.latent_dim <= 0:
             raise UsageError(f"--latent-dim must be positive, got {cfg.latent_dim}")
+        if cfg.k < 1:
+            raise UsageError(f"--k must be at least 1, got {cfg.k}")
         if cfg.beta < 0 or cfg.free_bits < 0:
             raise UsageError("--beta and --free-bits must be >= 0")
         return cfg

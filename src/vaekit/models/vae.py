@@ -87,6 +87,11 @@ class VAE(BaseModel):
 
         All k samples go through the decoder in one batch of k * B.
         """
+        log_px, log_p, log_q = self.log_weight_terms(x, k)
+        return log_px + log_p - log_q
+
+    def log_weight_terms(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log p(x|z_k), log p(z_k), log q(z_k|x)), each (k, B), for k reparameterised samples."""
         mu, logvar = self.encoder(x)
         std = torch.exp(0.5 * logvar)
         eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
@@ -95,7 +100,7 @@ class VAE(BaseModel):
         log_p = self.prior.log_prob(z)
         xk = x.unsqueeze(0).expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
         log_px = self.likelihood.log_prob(self.decoder(z.reshape(-1, mu.shape[-1])), xk).view(k, -1)
-        return log_px + log_p - log_q
+        return log_px, log_p, log_q
 
     # -- applications -----------------------------------------------------------------------------
     @torch.no_grad()
