@@ -16,31 +16,19 @@ from safetensors.torch import load_file, safe_open
 
 from ..errors import CheckpointError
 from ..io import save_tensors
+from .optim import Adam
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{pid}.{k}"] = v
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: Adam, rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """Write model weights, optimizer state, RNG states and JSON ``state`` to one file atomically."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt_tensors, opt_meta = _optimizer_tensors(opt)
-    tensors.update(opt_tensors)
+    tensors.update({f"optim.{k}": v for k, v in opt.state_tensors().items()})
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
-    meta = {"trainer_state": json.dumps(state), "optimizer": json.dumps(opt_meta), "format": "vaekit-checkpoint-1"}
+    meta = {"trainer_state": json.dumps(state), "format": "vaekit-checkpoint-1"}
     save_tensors(path, tensors, meta)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: Adam) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Restore ``model`` and ``opt`` in place; return (rng states, trainer state)."""
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -54,16 +42,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         raise CheckpointError(f"{path} is not a vaekit training checkpoint")
     weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     load_weights(model, weights, str(path))
-    opt_meta = json.loads(meta["optimizer"])
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    for k, v in opt_meta["scalars"].items():
-        pid, name = k.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
+    try:
+        opt.load_state_tensors({k[6:]: v for k, v in tensors.items() if k.startswith("optim.")})
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}; was it saved by another model?") from None
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     return rng, json.loads(meta["trainer_state"])
 

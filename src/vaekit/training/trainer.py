@@ -23,6 +23,7 @@ from ..functional.schedules import SCHEDULES, kl_weight_at
 from ..io import save_tensors
 from .checkpoint import load_checkpoint, save_checkpoint
 from .fastpath import FastStep, supports
+from .optim import Adam
 
 LR_SCHEDULES = ("none", "cosine", "exponential")
 PRECISIONS = ("highest", "high", "medium")
@@ -109,8 +110,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.progress = progress
         self.callbacks = callbacks or []
-        fused = self.device.type in ("cpu", "cuda")
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        self.opt = Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_elbo": -math.inf, "best_epoch": -1,
                                       "since_best": 0, "skipped_steps": 0}
@@ -204,7 +204,7 @@ class Trainer:
                 out = self.fast.step(xb, kl_weight=kl_w)  # sets every p.grad
             else:
                 out = self.model.loss(xb, kl_weight=kl_w)
-                self.opt.zero_grad(set_to_none=False)  # reuse gradient buffers (no page faults)
+                self.opt.zero_grad()  # in place: reused gradient buffers cost no page faults
                 out["loss"].backward()
             if not self._grads_finite(out["loss"], out.get("grad_check")):
                 self.state["skipped_steps"] += 1
@@ -239,8 +239,7 @@ class Trainer:
                          leave=False, unit="ex", unit_scale=True, file=sys.stderr, mininterval=0.5)
         with self._bar, matmul_precision(cfg.matmul_precision):
             for epoch in range(self.state["epoch"], cfg.epochs):
-                for g in self.opt.param_groups:
-                    g["lr"] = lr_at(cfg, epoch)
+                self.opt.lr = lr_at(cfg, epoch)
                 rec = {"epoch": epoch, "step": 0, "lr": lr_at(cfg, epoch)}
                 rec.update(self._train_epoch(epoch))
                 if len(self.data.val):  # with no validation split the last epoch counts as best
