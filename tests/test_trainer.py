@@ -7,7 +7,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import vaekit
 from vaekit.config import TrainConfig
 from vaekit.data.datasets import Data, Split
 from vaekit.data.spec import DataSpec

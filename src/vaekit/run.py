@@ -23,7 +23,7 @@ from .data.datasets import Data, load_data
 from .data.spec import DataSpec
 from .errors import CheckpointError, UsageError
 from .io import save_tensors, write_json
-from .models.base import BaseModel, ModelConfig, build_model
+from .models.base import BaseModel, build_model
 from .training.checkpoint import load_weights
 from .training.trainer import Trainer, check_config, resolve_device
 

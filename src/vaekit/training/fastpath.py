@@ -136,7 +136,7 @@ class FastStep:
         return g
 
     def step(self, x: torch.Tensor, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
-        m, cfg = self.model, self.model.config
+        cfg = self.model.config
         b = x.shape[0]
         self._checks: list[torch.Tensor] = []
         xf = x.reshape(b, -1)
