@@ -39,7 +39,8 @@ def cpu_name() -> str:
 
 def train_seed(args: argparse.Namespace) -> dict:
     import vaekit
-    from vaekit.training.trainer import matmul_precision, mean_loss_terms
+    from vaekit.metrics import loss_terms
+    from vaekit.training.trainer import matmul_precision
 
     rows: list[dict] = []
     train_s = 0.0
@@ -48,7 +49,7 @@ def train_seed(args: argparse.Namespace) -> dict:
         nonlocal train_s
         train_s += rec["epoch_time_s"]  # the training loop only; this evaluation is not counted
         with matmul_precision("highest"):  # evaluate in exact fp32 whatever the training precision
-            t = mean_loss_terms(trainer.model, trainer.data.test.x, 1000, seed=123)
+            t = loss_terms(trainer.model, trainer.data.test.x, batch_size=1000, seed=123)
         rows.append({"epoch": rec["epoch"] + 1, "samples_per_s": round(rec["samples_per_s"]),
                      "train_s_cumulative": round(train_s, 2), "test_neg_elbo": round(-t["elbo"], 2),
                      "test_kl": round(t["kl"], 2)})

@@ -197,6 +197,21 @@ def _check_iw(iw_samples: int | None) -> None:
 
 
 # -- public API --------------------------------------------------------------------------------------
+def loss_terms(model: Any, x: torch.Tensor, *, batch_size: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Means over ``x`` of the model's own ``loss`` dict: "elbo", "recon", "kl" (nats per
+    example), weighted by example. Cheap enough for every epoch's validation; fixed noise given
+    ``seed``, so epochs compare fairly. RNG, modes and precision are restored as in ``evaluate``."""
+    def fn(xb: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = model.loss(xb)
+        return {k: out[k].detach().reshape(1).expand(len(xb)) for k in ("elbo", "recon", "kl")}
+
+    if len(x) == 0:
+        raise ValueError("loss_terms needs at least one example")
+    with _eval_context(model, seed, None):
+        parts = _scan(model, torch.as_tensor(x), batch_size, fn, seed)
+    return {k: float(v.mean()) for k, v in parts.items()}
+
+
 def evaluate(model: Any, x: torch.Tensor, *, batch_size: int = 1000, iw_samples: int | None = None,
              seed: int = 0, progress: bool = False, matmul_precision: str | None = None) -> dict[str, Any]:
     """Summary metrics of ``model`` on ``x`` (N, *model.spec.shape), as a JSON-able dict.

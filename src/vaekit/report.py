@@ -8,29 +8,21 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .data.datasets import Data, load_data
 from .io import write_json
 
 if TYPE_CHECKING:
     from .run import Run
 
 
-def _load_run_data(cfg: Any, data_dir: str | None) -> Data:
-    dc = cfg.data
-    return load_data(dc.source, data_dir=data_dir or dc.data_dir, image_size=dc.image_size, binarize=dc.binarize,
-                     val_fraction=dc.val_fraction, test_fraction=dc.test_fraction, seed=cfg.train.seed,
-                     label_column=dc.label_column)
-
-
 def evaluate_run(run_dir: str | Path, *, split: str = "test", data_dir: str | None = None, iw_samples: int | None = None,
                  limit: int | None = None, batch_size: int | None = None, seed: int = 0, device: str = "auto") -> dict[str, Any]:
     """Load a run and its data, and evaluate the best model on ``split`` (see ``metrics.evaluate``)."""
     from .metrics import evaluate
-    from .run import load, read_config
+    from .run import load, load_run_data, read_config
 
     cfg, spec, _ = read_config(run_dir)
     model = load(run_dir, device=device)
-    data = _load_run_data(cfg, data_dir)
+    data = load_run_data(cfg, data_dir)
     x = getattr(data, split).x
     if limit is not None:
         x = x[:limit]

@@ -77,6 +77,14 @@ def load(run_dir: str | Path, *, device: str = "cpu", which: str = "best") -> Ba
     return model.to(resolve_device(device)).eval()
 
 
+def load_run_data(cfg: RunConfig, data_dir: str | None = None) -> Data:
+    """The data a run trains on, as its config describes it (``data_dir`` overrides the saved one)."""
+    dc = cfg.data
+    return load_data(dc.source, data_dir=data_dir or dc.data_dir, image_size=dc.image_size, binarize=dc.binarize,
+                     val_fraction=dc.val_fraction, test_fraction=dc.test_fraction, seed=cfg.train.seed,
+                     label_column=dc.label_column)
+
+
 def _write_config(run_dir: Path, cfg: RunConfig, model: BaseModel, data: Data) -> None:
     d = cfg.to_dict()
     d["model"] = dataclasses.asdict(model.config)  # resolved: likelihood and widths filled in
@@ -111,9 +119,7 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
             raise UsageError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     check_config(cfg.train)
     torch.manual_seed(cfg.train.seed)
-    d = load_data(cfg.data.source, data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
-                  binarize=cfg.data.binarize, val_fraction=cfg.data.val_fraction,
-                  test_fraction=cfg.data.test_fraction, seed=cfg.train.seed, label_column=cfg.data.label_column)
+    d = load_run_data(cfg)
     model = build_model(cfg.model, d.spec)
     trainer = Trainer(model, d, cfg.train, run_dir, progress=progress, callbacks=callbacks)
     if run_dir is not None:

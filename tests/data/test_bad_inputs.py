@@ -58,22 +58,20 @@ def test_empty_file(tmp_path, name):
         read_idx(tmp_path / name)
 
 
-def test_csv_with_text(tmp_path):
-    (tmp_path / "t.csv").write_text("a,b\n1,2\n3,oops\n")
-    with pytest.raises(DataError, match=r"row 2 \(line 3\), column 2 \(b\): 'oops' is not a number"):
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("a,b\n1,2\n3,oops\n", r"row 2 \(line 3\), column 2 \(b\): 'oops' is not a number"),
+        ("1,2\n3,\n", r"row 2 \(line 2\), column 2 .*empty cell"),
+        ("a,b,label\n1,2,0\n3,4,1\n5,nan,0\n", r"row 3 \(line 4\), column 2 \(b\): 'nan'.*NaN and infinite"),
+        ("1,2\ninf,4\n", r"row 2 \(line 2\), column 1"),
+    ],
+    ids=["text", "empty-cell", "nan", "inf"],
+)
+def test_csv_bad_cells(tmp_path, text, match):
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(DataError, match=match):
         load_data(str(tmp_path / "t.csv"))
-    (tmp_path / "e.csv").write_text("1,2\n3,\n")
-    with pytest.raises(DataError, match=r"row 2 \(line 2\), column 2 .*empty cell"):
-        load_data(str(tmp_path / "e.csv"))
-
-
-def test_csv_with_nan(tmp_path):
-    (tmp_path / "n.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,nan,0\n")
-    with pytest.raises(DataError, match=r"row 3 \(line 4\), column 2 \(b\): 'nan'.*NaN and infinite"):
-        load_data(str(tmp_path / "n.csv"))
-    (tmp_path / "i.csv").write_text("1,2\ninf,4\n")
-    with pytest.raises(DataError, match=r"row 2 \(line 2\), column 1"):
-        load_data(str(tmp_path / "i.csv"))
 
 
 def test_ragged_csv(tmp_path):

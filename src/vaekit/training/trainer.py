@@ -20,7 +20,8 @@ from ..config import TrainConfig
 from ..data.datasets import Data
 from ..errors import TrainingError, UsageError
 from ..functional.schedules import SCHEDULES, kl_weight_at
-from ..io import save_tensors
+from ..io import save_tensors, write_text
+from ..metrics import loss_terms
 from .checkpoint import load_checkpoint, save_checkpoint
 from .fastpath import FastStep, supports
 from .optim import Adam
@@ -74,24 +75,6 @@ def matmul_precision(name: str) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(old)
-
-
-@torch.no_grad()
-def mean_loss_terms(model: torch.nn.Module, x: torch.Tensor, batch_size: int, seed: int) -> dict[str, float]:
-    """Mean "elbo", "recon", "kl" over ``x`` with fixed noise (so epochs compare fairly)."""
-    was_training = model.training
-    model.eval()
-    sums = {"elbo": 0.0, "recon": 0.0, "kl": 0.0}
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(device, non_blocking=True)
-            out = model.loss(xb)
-            for k in sums:
-                sums[k] += float(out[k]) * len(xb)
-    model.train(was_training)
-    return {k: v / max(1, len(x)) for k, v in sums.items()}
 
 
 class Trainer:
@@ -150,8 +133,6 @@ class Trainer:
         if path.exists():  # drop records of epochs after the checkpoint (an interrupted run)
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             self.history = [r for r in rows if r["epoch"] < self.state["epoch"]]
-            from ..io import write_text
-
             write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -243,7 +224,7 @@ class Trainer:
                 rec = {"epoch": epoch, "step": 0, "lr": lr_at(cfg, epoch)}
                 rec.update(self._train_epoch(epoch))
                 if len(self.data.val):  # with no validation split the last epoch counts as best
-                    val = mean_loss_terms(self.model, self.data.val.x, cfg.eval_batch_size, cfg.seed + 1)
+                    val = loss_terms(self.model, self.data.val.x, batch_size=cfg.eval_batch_size, seed=cfg.seed + 1)
                     rec.update({f"val_{k}": v for k, v in val.items()})
                 rec["step"], rec["skipped_steps"] = self.state["step"], self.state["skipped_steps"]
                 self._end_epoch(epoch, rec)
