@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_evaluate)
+    t.set_defaults(func=cmd_train)
+
+    from .commands import register_all
+
+    register_all(sub)
     return p
 
 
@@ -162,7 +168,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+        return args.func(args)
     except VaekitError as e:
         print(f"vaekit {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
