@@ -43,7 +43,18 @@ def finish_run(run: "Run", figures: bool = True) -> dict[str, Any]:
         write_json(run.dir / "evaluation.json", res)
         if figures:
             write_figures(run, res)
+            write_report(run, res)
     return res
+
+
+def write_report(run: "Run", res: dict[str, Any]) -> None:
+    """report.html: the run's one-page summary (see ``vaekit.apps.report_html``)."""
+    from .apps.common import LoadedRun
+    from .apps.report_html import build_report
+
+    assert run.dir is not None and run.data is not None
+    loaded = LoadedRun(run.dir, run.model, run.config, run.data.spec, run.data.source)
+    build_report(loaded, run.data.test, evaluation=res)
 
 
 def write_figures(run: "Run", res: dict[str, Any]) -> None:

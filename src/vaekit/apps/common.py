@@ -14,7 +14,7 @@ import torch
 from ..data.datasets import Split, load_inputs
 from ..data.spec import DataSpec
 from ..errors import DataError, UsageError
-from ..io import atomic_path
+from ..io import _umask, atomic_path
 from ..models.base import BaseModel
 from ..config import RunConfig
 
@@ -105,6 +105,136 @@ def check_out(path: str | Path | None, allowed: Sequence[str], what: str = "--ou
     p = Path(path)
     if p.suffix.lower() not in allowed:
         raise UsageError(f"{what} {p}: expected one of {', '.join(allowed)}")
-    if not p.parent.exists() and str(p.parent) not in ("", "."):
+    if not p.parent.exists():
         raise UsageError(f"{what} {p}: folder {p.parent} does not exist")
+    return p
+
+
+def to_original_units(x: Any, source: dict[str, Any]) -> np.ndarray:
+    """Model-space values (N, *shape) -> the user's units, (N, *shape) float64: tables that were
+    standardised for training get the training mean and std back; other data are unchanged."""
+    a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    std = source.get("standardize")
+    if std:
+        flat = a.reshape(len(a), -1) * np.asarray(std["std"]) + np.asarray(std["mean"])
+        a = flat.reshape(a.shape)
+    return a
+
+
+def class_names(source: dict[str, Any], num: int | None = None) -> list[str]:
+    """Printable class names in label-index order (the training data's class values)."""
+    classes = source.get("classes")
+    if classes:
+        return [str(c) for c in classes]
+    return [str(i) for i in range(num or 0)]
+
+
+def label_index(label: str, source: dict[str, Any], num_classes: int | None) -> int:
+    """A class given by name (as in the training labels) or by index -> its index."""
+    names = class_names(source, num_classes)
+    if not names:
+        raise UsageError("this run was trained without labels, so there are no classes to choose from")
+    if label in names:
+        return names.index(label)
+    try:
+        i = int(label)
+    except ValueError:
+        i = -1
+    if 0 <= i < len(names) and not source.get("classes"):
+        return i
+    raise UsageError(f"unknown label {label!r}; the classes are: {', '.join(names)}")
+
+
+def write_examples(path: str | Path, x: torch.Tensor, spec: DataSpec, source: dict[str, Any],
+                   labels: torch.Tensor | None = None) -> Path:
+    """Write examples (N, *spec.shape, model units) where a user can use them again:
+
+    - ``.png``: one grid image (images only);
+    - ``.npy``: the array in the user's units; ``.npz``: ``x`` and, when given, ``y`` (+ ``classes``);
+    - ``.csv``: one row per example in the user's units, with the training columns as header
+      (tables; images are flattened), and a ``label`` column when labels are given;
+    - a path without a suffix: an image folder, one PNG per example, in one sub-folder per class
+      when labels are given (the layout vaekit and torchvision read back as labelled data).
+    The file or folder appears whole or not at all.
+    """
+    from ..figures import save_image_grid, save_png
+
+    p = Path(path)
+    ext = p.suffix.lower()
+    a = to_original_units(x, source)
+    if ext == ".png":
+        if not spec.is_image:
+            raise UsageError(f"{p}: a PNG grid needs image data; this model's examples are vectors of {spec.dim}; "
+                             "use .csv, .npy or .npz")
+        return save_image_grid(p, a, kind=spec.kind)
+    if ext == ".npy":
+        return save_array(p, a.astype(np.float32))
+    if ext == ".npz":
+        arrays = {"x": a.astype(np.float32)}
+        if labels is not None:
+            arrays["y"] = labels.cpu().numpy()
+            arrays["classes"] = np.asarray(class_names(source, spec.num_classes))
+        with atomic_path(p) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        return p
+    if ext == ".csv":
+        cols = list(source.get("columns") or [f"x{i}" for i in range(spec.dim)])
+        flat = a.reshape(len(a), -1)
+        if labels is not None:
+            names = class_names(source, spec.num_classes)
+            rows = [[*map(repr, map(float, r)), names[int(c)]] for r, c in zip(flat, labels)]
+            header = cols + [source.get("label_column") or "label"]
+        else:
+            rows, header = [[repr(float(v)) for v in r] for r in flat], cols
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(rows)
+        with atomic_path(p) as tmp:
+            tmp.write_text(buf.getvalue())
+        return p
+    if ext:
+        raise UsageError(f"{p}: unsupported output type {ext}; use .png, .npy, .npz, .csv or a folder name")
+    if not spec.is_image:
+        raise UsageError(f"{p}: an image folder needs image data; use .csv, .npy or .npz")
+    return _write_image_folder(p, a, spec, source, labels, save_png)
+
+
+def _write_image_folder(p: Path, a: np.ndarray, spec: DataSpec, source: dict[str, Any],
+                        labels: torch.Tensor | None, save_png: Any) -> Path:
+    import shutil
+    import tempfile
+
+    if p.exists():
+        raise UsageError(f"{p} already exists; choose a new folder name")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
+    try:
+        names = class_names(source, spec.num_classes)
+        width = len(str(len(a) - 1))
+        for i, img in enumerate(a):  # image data live in [0, 1]
+            sub = tmp / names[int(labels[i])] if labels is not None else tmp
+            sub.mkdir(exist_ok=True)
+            save_png(sub / f"{i:0{width}d}.png", np.clip(img, 0.0, 1.0).transpose(1, 2, 0))
+        tmp.chmod(0o777 & ~_umask())
+        tmp.rename(p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return p
+
+
+def check_example_out(path: str | Path, spec: DataSpec) -> Path:
+    """Validate a ``write_examples`` destination before doing any work."""
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in ("", ".png", ".npy", ".npz", ".csv"):
+        raise UsageError(f"--out {p}: unsupported type {ext}; use .png, .npy, .npz, .csv or a folder name")
+    if ext == ".png" and not spec.is_image:
+        raise UsageError(f"--out {p}: a PNG grid needs image data; this model's examples are vectors; use .csv, .npy or .npz")
+    if ext == "" and (p.exists() or not spec.is_image):
+        raise UsageError(f"--out {p}: " + ("already exists; choose a new folder name" if p.exists()
+                                          else "an image folder needs image data; use .csv, .npy or .npz"))
+    if not p.parent.exists():
+        raise UsageError(f"--out {p}: folder {p.parent} does not exist")
     return p

@@ -1,0 +1,165 @@
+"""One self-contained HTML page per run: metrics, curves, reconstructions, samples, the latent map,
+an interpolation and the anomaly-score histogram, every image embedded (no external files)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from ..data.datasets import Split
+from ..figures import _save_figure, save_image_grid, save_reconstructions, save_samples, save_training_curves
+from ..io import write_text
+from .common import LoadedRun, class_names
+from .generate import reconstruct, sample, seeded
+from .latent import embed, interpolate, map_2d
+from .plots import save_frames, save_latent_map
+
+MAP_POINTS = 2000  # test examples on the latent map and in the histogram
+CSS = """body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}h1{margin-bottom:.1em}.sub{color:#666;margin-top:0}.cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1.2em 0}
+.card{border:1px solid #ddd;border-radius:8px;padding:.6em 1em;min-width:8.5em}.card b{display:block;font-size:1.5em}
+.card span{color:#666;font-size:.85em}section{margin:2em 0}img{max-width:100%;image-rendering:pixelated;
+border:1px solid #eee}.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.row>div{flex:1;min-width:300px}
+pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}p.note{color:#555;font-size:.9em}"""
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None or not path.exists():
+        return f"<p class=note>({html.escape(alt)}: not available)</p>"
+    b64 = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _card(value: str, label: str) -> str:
+    return f"<div class=card><b>{html.escape(value)}</b><span>{html.escape(label)}</span></div>"
+
+
+def _score_histogram(path: Path, scores: np.ndarray, labels: np.ndarray | None, names: list[str]) -> Path:
+    """-ELBO per test example; the 95th percentile marks the top 5 % as candidate anomalies."""
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    bins = np.histogram_bin_edges(scores, 40)
+    if labels is not None and len(np.unique(labels)) <= 10:
+        for k in np.unique(labels):
+            ax.hist(scores[labels == k], bins=bins, histtype="step", lw=1.3, label=names[int(k)] if names else str(k))
+        ax.legend(title="label", fontsize=7, ncols=2)
+    else:
+        ax.hist(scores, bins=bins, color="C0", alpha=0.8)
+    thr = float(np.quantile(scores, 0.95))
+    ax.axvline(thr, color="C3", ls="--", label="95th percentile")
+    ax.set(xlabel="anomaly score: -ELBO (nats per example)", ylabel="examples",
+           title=f"anomaly scores of {len(scores)} test examples (dashed: 95th percentile {thr:.1f})")
+    return _save_figure(path, fig)
+
+
+def _sections(run: LoadedRun, test: Split, tmp: Path) -> dict[str, Path | None]:
+    """Render every figure the page needs into ``tmp`` (reusing the run's own PNGs when present)."""
+    model, spec, d = run.model, run.spec, run.dir
+    out: dict[str, Path | None] = {}
+    records = _records(d)
+    out["curves"] = d / "training_curves.png" if (d / "training_curves.png").exists() else (
+        save_training_curves(tmp / "curves.png", records) if records else None)
+    x = test.x[:MAP_POINTS]
+    with seeded(run.config.train.seed):
+        x_hat, _ = reconstruct(model, x[:16])
+        out["recon"] = save_reconstructions(tmp / "recon.png", x[:16], x_hat, n=16, kind=spec.kind)
+        out["samples"] = save_samples(tmp / "samples.png", sample(model, 64 if spec.is_image else 500, seed=None,
+                                                                   mean=spec.is_image), kind=spec.kind, reference=x[:500])
+        mu, _ = embed(model, x)
+        coords, axes = map_2d(mu.numpy(), method="pca")
+        names = class_names(run.source, spec.num_classes)
+        y = None if test.y is None else test.y[:MAP_POINTS].numpy()
+        out["map"] = save_latent_map(tmp / "map.png", coords, labels=y, names=names, axes_label=axes,
+                                     title=f"latent map of {len(mu)} test examples")
+        j = next((i for i in range(1, len(x)) if y is None or y[i] != y[0]), min(1, len(x) - 1))
+        out["interp"] = save_frames(tmp / "interp.png", interpolate(model, x[0], x[j], steps=10), spec)
+        out["interp_ends"] = (0, j)
+        from ..metrics import per_example_scores
+
+        scores = per_example_scores(model, x, kind="elbo", seed=run.config.train.seed).numpy()
+        out["hist"] = _score_histogram(tmp / "hist.png", scores, y, names)
+        top = np.argsort(-scores)[:8]
+        out["top"] = save_image_grid(tmp / "top.png", x[top], nrow=8, kind=spec.kind) if spec.is_image else None
+    out["kl"] = d / "kl_per_dim.png" if (d / "kl_per_dim.png").exists() else None
+    return out
+
+
+def _records(d: Path) -> list[dict[str, Any]]:
+    p = d / "metrics.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def _summary_cards(ev: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    cards = []
+    if "elbo" in ev:
+        cards.append(_card(f"{-ev['elbo']:.2f}", "test -ELBO (nats/example)"))
+        cards.append(_card(f"{ev['recon']:.2f}", "reconstruction (nats)"))
+        cards.append(_card(f"{ev['kl']:.2f}", "KL (nats)"))
+    if ev.get("nll") is not None:
+        cards.append(_card(f"{ev['nll']:.2f}", f"NLL, K={ev.get('iw_samples')} (nats)"))
+    if "bits_per_dim" in ev:
+        cards.append(_card(f"{ev['bits_per_dim']:.3f}", "bits/dim"))
+    if "active_units" in ev:
+        cards.append(_card(f"{ev['active_units']}/{len(ev.get('kl_per_dim', []))}", "active units"))
+    if records:
+        cards.append(_card(str(len(records)), f"epochs (best {records[-1].get('best_epoch', 0) + 1})"))
+        sps = np.mean([r["samples_per_s"] for r in records if "samples_per_s" in r] or [0])
+        cards.append(_card(f"{sps:,.0f}", "training examples/s"))
+    return "<div class=cards>" + "".join(cards) + "</div>"
+
+
+def build_report(run: LoadedRun, test: Split, *, evaluation: dict[str, Any] | None = None,
+                 out: str | Path | None = None) -> Path:
+    """Write ``out`` (default ``RUN/report.html``): one page, images embedded as data URIs.
+
+    test: the examples shown (the run's test split, or any inputs). ``evaluation``: metrics to
+    show (default: ``RUN/evaluation.json`` when it exists).
+    """
+    d = run.dir
+    out = Path(out) if out is not None else d / "report.html"
+    if evaluation is None and (d / "evaluation.json").exists():
+        evaluation = json.loads((d / "evaluation.json").read_text())
+    ev = evaluation or {}
+    cfg, spec = run.config, run.spec
+    records = _records(d)
+    with tempfile.TemporaryDirectory() as t, torch.no_grad():
+        figs = _sections(run, test, Path(t))
+        m = cfg.model
+        model_line = (f"{m.model} · {m.arch} {m.hidden} · latent {m.latent_dim} · {m.likelihood} likelihood"
+                      f"{f' · beta {m.beta:g}' if m.beta != 1 else ''}")
+        a, b = figs["interp_ends"]
+        parts = [
+            f"<h1>{html.escape(d.name)}</h1>",
+            f"<p class=sub>data: {html.escape(str(cfg.data.source))} · examples of shape {spec.shape} ({spec.kind}) · "
+            f"{html.escape(model_line)}</p>",
+            _summary_cards(ev, records),
+            "<section><h2>Training</h2>" + _img(figs["curves"], "training curves") + "</section>",
+            "<section class=row><div><h2>Reconstructions</h2><p class=note>originals above their reconstructions "
+            "(decoder mean at the posterior mean)</p>" + _img(figs["recon"], "reconstructions") + "</div>"
+            "<div><h2>Samples</h2><p class=note>z drawn from the prior, decoded</p>" + _img(figs["samples"], "samples")
+            + "</div></section>",
+            "<section><h2>Latent space</h2>" + _img(figs["map"], "latent map") + "</section>",
+            f"<section><h2>Interpolation</h2><p class=note>test example {a} to test example {b}, linear in z</p>"
+            + _img(figs["interp"], "interpolation") + "</section>",
+            "<section><h2>Anomaly scores</h2>" + _img(figs["hist"], "anomaly score histogram")
+            + ("<p class=note>the 8 least likely test examples:</p>" + _img(figs["top"], "most anomalous")
+               if figs.get("top") else "") + "</section>",
+            "<section><h2>Latent dimensions</h2>" + _img(figs["kl"], "KL per dimension") + "</section>",
+            "<section><h2>Configuration</h2><details><summary>config.json</summary><pre>"
+            + html.escape(json.dumps(cfg.to_dict(), indent=2)) + "</pre></details></section>",
+        ]
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>vaekit report: {html.escape(d.name)}</title>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+    write_text(out, page)
+    return out

@@ -1,0 +1,171 @@
+"""``vaekit interpolate``, ``traverse``, ``edit`` and ``embed``: the latent space from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..apps.common import check_out, class_names, label_index, run_inputs, save_array
+from ..apps.latent import METHODS, attribute_vector, edit, embed, interpolate, map_2d, most_active_dims, traverse
+from ..apps.plots import save_frames, save_latent_map
+from ..errors import UsageError
+from ._shared import add_run_args, emit, example, open_from_args, positive
+
+FIG = (".png",)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..cli import _finite
+
+    p = sub.add_parser("interpolate", help="decode the path between two examples' latents")
+    add_run_args(p)
+    p.add_argument("--from", dest="src", required=True, help="index into the split, or an image/array file")
+    p.add_argument("--to", dest="dst", required=True, help="index into the split, or an image/array file")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--method", choices=METHODS, default="linear", help="linear or slerp (spherical)")
+    p.add_argument("--out", default=None, help="image strip (.png; default RUN/interpolate-I-J.png) or frames (.npy)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_interpolate)
+
+    t = sub.add_parser("traverse", help="sweep latent dimensions one at a time, the others held")
+    add_run_args(t)
+    t.add_argument("--dim", default=None,
+                   help="dimension(s) to sweep, e.g. 3 or 0,4,7 (default: the 8 carrying most KL)")
+    t.add_argument("--input", default=None, help="hold the others at this example's latent (index or file); default 0")
+    t.add_argument("--span", type=_finite, default=3.0, help="sweep z_d over [-span, span]")
+    t.add_argument("--steps", type=int, default=9)
+    t.add_argument("--out", default=None, help="figure .png (default RUN/traverse.png) or frames .npy")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_traverse)
+
+    e = sub.add_parser("edit", help="move an example toward a label along the difference of class-mean latents")
+    add_run_args(e)
+    e.add_argument("--input", required=True, help="index into the split, or an image/array file")
+    e.add_argument("--toward", required=True, help="target label (a class of the training labels)")
+    e.add_argument("--away-from", default=None, help="source label (default: the example's own label if known, "
+                                                       "else all other classes)")
+    e.add_argument("--strength", type=_finite, default=1.0, help="how far to move (1 = one class-mean difference)")
+    e.add_argument("--steps", type=int, default=6, help="frames from strength 0 to --strength")
+    e.add_argument("--out", default=None, help="strip .png (default RUN/edit-I-toward-L.png) or frames .npy")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_edit)
+
+    m = sub.add_parser("embed", help="posterior means (and variances) of inputs, plus a 2-D latent map")
+    add_run_args(m)
+    m.add_argument("--input", default=None, help="image folder/file, .npy/.npz or .csv (default: the run's split)")
+    m.add_argument("--out", required=True, help="latents.csv or .npy/.npz")
+    m.add_argument("--variance", action="store_true", help="also write the posterior variances")
+    m.add_argument("--map", choices=["pca", "tsne", "none"], default="pca", help="2-D map method when D > 2")
+    m.add_argument("--map-out", default=None, help="latent map .png (default: beside --out)")
+    m.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_embed)
+
+
+def _dims(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        dims = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UsageError(f"--dim expects integers like 3 or 0,4,7, got {text!r}") from None
+    if not dims:
+        raise UsageError("--dim is empty")
+    return dims
+
+
+def _write_frames(out: Path, frames: torch.Tensor, run, **labels) -> None:
+    if out.suffix.lower() == ".npy":
+        save_array(out, frames.numpy())
+    else:
+        save_frames(out, frames, run.spec, **labels)
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    positive("--steps", args.steps)
+    run = open_from_args(args)
+    tag = f"{Path(args.src).stem}-{Path(args.dst).stem}"
+    out = check_out(args.out or run.dir / f"interpolate-{tag}.png", (".png", ".npy"))
+    xa, _ = example(run, args.src, args, "--from")
+    xb, _ = example(run, args.dst, args, "--to")
+    frames = interpolate(run.model, xa, xb, steps=args.steps, method=args.method)
+    _write_frames(out, frames, run)
+    return emit(args, {"out": str(out), "steps": args.steps, "method": args.method},
+                [f"wrote a {args.steps}-step {args.method} interpolation to {out}"])
+
+
+def cmd_traverse(args: argparse.Namespace) -> int:
+    positive("--steps", args.steps)
+    positive("--span", args.span)
+    run = open_from_args(args)
+    dims = _dims(args.dim)
+    out = check_out(args.out or run.dir / "traverse.png", (".png", ".npy"))
+    base = None
+    if args.input is not None:
+        x, _ = example(run, args.input, args, "--input")
+        base = embed(run.model, x)[0][0]
+    if dims is None:  # the dimensions the model actually uses
+        from ..metrics import evaluate
+
+        s = run_inputs(run, None, split=args.split, data_dir=args.data_dir, limit=1000)
+        dims = most_active_dims(evaluate(run.model, s.x)["kl_per_dim"], 8)
+    frames = traverse(run.model, dims, base=base, span=args.span, steps=args.steps)
+    _write_frames(out, frames, run, row_labels=[f"z{d}" for d in dims])
+    return emit(args, {"out": str(out), "dims": dims, "span": args.span, "steps": args.steps},
+                [f"traversed dimensions {', '.join(map(str, dims))} over [-{args.span:g}, {args.span:g}]: {out}"])
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    positive("--steps", args.steps)
+    run = open_from_args(args)
+    target = label_index(args.toward, run.source, run.spec.num_classes)
+    away = None if args.away_from is None else label_index(args.away_from, run.source, run.spec.num_classes)
+    out = check_out(args.out or run.dir / f"edit-{Path(args.input).stem}-toward-{args.toward}.png", (".png", ".npy"))
+    x, own = example(run, args.input, args, "--input")
+    train = run_inputs(run, None, split="train", data_dir=args.data_dir)
+    if train.y is None:
+        raise UsageError("editing toward a label needs a run trained on labelled data; this run has no labels")
+    z, _ = embed(run.model, train.x)
+    source = away if away is not None else (own if own is not None and own != target else None)
+    vec = attribute_vector(z, train.y, target, source=source)
+    strengths = np.linspace(0.0, args.strength, args.steps).tolist()
+    frames = edit(run.model, x, vec, strengths)
+    _write_frames(out, frames, run, col_labels=[f"{s:.2g}" for s in strengths])
+    names = class_names(run.source, run.spec.num_classes)
+    frm = names[source] if source is not None else "the other classes"
+    return emit(args, {"out": str(out), "toward": names[target], "away_from": None if source is None else names[source],
+                       "strengths": strengths, "vector_norm": float(vec.norm())},
+                [f"edited example {args.input} from {frm} toward {names[target]} "
+                 f"(strength 0 to {args.strength:g}, |v| = {float(vec.norm()):.3g}): {out}"])
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    run = open_from_args(args)
+    out = check_out(args.out, (".csv", ".npy", ".npz"))
+    map_out = None if args.map == "none" else check_out(args.map_out or out.with_name(out.stem + "-map.png"), FIG,
+                                                         "--map-out")
+    s = run_inputs(run, args.input, split=args.split, data_dir=args.data_dir, limit=args.limit)
+    mu, var = embed(run.model, s.x)
+    d = mu.shape[1]
+    table = torch.cat([mu, var], 1) if args.variance else mu
+    header = [f"z{i}" for i in range(d)] + ([f"var{i}" for i in range(d)] if args.variance else [])
+    if out.suffix.lower() == ".npz":
+        from ..io import atomic_path
+
+        arrays = {"mean": mu.numpy(), **({"var": var.numpy()} if args.variance else {}),
+                  **({"y": s.y.numpy()} if s.y is not None else {})}
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    else:
+        save_array(out, table.numpy(), header=header)
+    if map_out is not None:
+        coords, axes = map_2d(mu.numpy(), method=args.map, seed=args.seed)
+        save_latent_map(map_out, coords, labels=None if s.y is None else s.y.numpy(),
+                        names=class_names(run.source, run.spec.num_classes), axes_label=axes,
+                        title=f"latent map of {len(mu)} examples")
+    return emit(args, {"out": str(out), "map": None if map_out is None else str(map_out), "n": len(mu), "latent_dim": d},
+                [f"embedded {len(mu)} examples into {d} dimensions: {out}"] + ([f"latent map: {map_out}"] if map_out else []))
