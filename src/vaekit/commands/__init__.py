@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES: list[str] = []
+MODULES: list[str] = ["generate", "latent", "report"]
 
 
 def register_all(sub) -> None:
