@@ -136,8 +136,9 @@ def _encode_labels(y: np.ndarray, where: Path | str, classes: list | None = None
 
 
 def _read_path(p: Path, image_size: int | tuple[int, int] | None, label_column: str | None,
-               color: str | None = None, need_label: bool = True) -> tuple[str, _Raw]:
-    """Read a folder or file into raw arrays; returns (kind of source, _Raw)."""
+               color: str | None = None, need_label: bool = True, allow_missing: bool = False) -> tuple[str, _Raw]:
+    """Read a folder or file into raw arrays; returns (kind of source, _Raw). ``allow_missing``: NaN
+    (and empty CSV cells) pass as missing values instead of being refused."""
     if not p.exists():
         raise DataError(f"no such file or directory: {p}")
     if p.is_dir():
@@ -149,11 +150,11 @@ def _read_path(p: Path, image_size: int | tuple[int, int] | None, label_column: 
         raise DataError(f"{p} is an empty file")
     suffix = p.suffix.lower()
     if suffix == ".csv" or suffix == ".tsv":
-        x, y, cols, lab = read_csv(p, label_column, need_label)
+        x, y, cols, lab = read_csv(p, label_column, need_label, allow_missing)
         return "csv", _Raw({"all": (x, y)}, "continuous", {"columns": cols, "label_column": lab})
     if suffix in (".npy", ".npz"):
         x, y = read_array(p)
-        x = to_examples(x, p)
+        x = to_examples(x, p, allow_missing)
         if y is not None and len(y) != len(x):
             raise DataError(f"{p}: {len(y)} labels for {len(x)} examples")
         return "array", _Raw({"all": (x, y)}, array_kind(x))
@@ -161,6 +162,12 @@ def _read_path(p: Path, image_size: int | tuple[int, int] | None, label_column: 
         x = to_examples(read_idx(p), p)
         return "array", _Raw({"all": (x, None)}, "8bit")
     raise DataError(f"{p}: unsupported file type {suffix!r}; use an image folder, .npy, .npz or .csv")
+
+
+def _observed_range(t: torch.Tensor) -> tuple[float, float] | None:
+    """(min, max) over the non-NaN values, or None when every value is NaN."""
+    v = t[~torch.isnan(t)]
+    return (float(v.min()), float(v.max())) if v.numel() else None
 
 
 # -- preparation ----------------------------------------------------------------------------------
@@ -272,20 +279,22 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
     return Data(spec, out["train"], out["val"], out["test"], record, binarize == "dynamic")
 
 
-def load_inputs(path: str, spec: DataSpec, source: dict) -> Split:
+def load_inputs(path: str, spec: DataSpec, source: dict, *, allow_missing: bool = False) -> Split:
     """Prepare NEW inputs (image folder, ``.npy``/``.npz``, ``.csv``, IDX) like the data ``source`` describes.
 
     Images are resized to ``spec``'s (H, W) and converted to the training colour mode; tables are
     standardised with the training statistics; binarized models get a seeded, deterministic
     binarization. Returns a Split with x float32 (N, *spec.shape) and y when the input has labels.
     Raises DataError when the result does not match ``spec`` (shape or value range).
+    NaN values are refused unless ``allow_missing``: then they stay NaN in x (missing values, e.g.
+    for ``vaekit impute``), empty CSV cells included, and only the observed values are checked.
     """
     p = Path(path).expanduser()
     size = spec.shape[1:] if spec.is_image else None
     color = source.get("color") or ({1: "L", 3: "RGB"}.get(spec.shape[0]) if spec.is_image else None)
     if p.is_dir() and not spec.is_image:
         raise DataError(f"{p} is an image folder, but the model expects vectors of shape {spec.shape}")
-    _, raw = _read_path(p, size, source.get("label_column"), color, need_label=False)
+    _, raw = _read_path(p, size, source.get("label_column"), color, need_label=False, allow_missing=allow_missing)
     x, y = raw.parts["all"]
     if raw.info.get("columns") and source.get("columns") and raw.info["columns"] != source["columns"]:
         raise DataError(f"{p}: columns {raw.info['columns']} differ from the training columns {source['columns']}")
@@ -299,13 +308,15 @@ def load_inputs(path: str, spec: DataSpec, source: dict) -> Split:
     if std:  # the training statistics, never re-estimated on new data
         mean, sd = (torch.tensor(std[k], dtype=torch.float64) for k in ("mean", "std"))
         t = ((t.flatten(1) - mean) / sd).reshape(t.shape)
-    elif kind in ("binary", "8bit", "unit") and (t.min() < 0 or t.max() > 1):
-        raise DataError(f"{p}: values range over [{t.min():.4g}, {t.max():.4g}] but the model was trained on "
+    elif kind in ("binary", "8bit", "unit") and (lo_hi := _observed_range(t)) and (lo_hi[0] < 0 or lo_hi[1] > 1):
+        raise DataError(f"{p}: values range over [{lo_hi[0]:.4g}, {lo_hi[1]:.4g}] but the model was trained on "
                         f"{kind} data in [0, 1]")
     t = t.to(torch.float32).contiguous()
     if source.get("binarize", "none") != "none":
-        t = _bernoulli(t, int(source.get("seed", 0)), "inputs")
-    elif kind == "binary" and not ((t == 0) | (t == 1)).all():
+        nan = torch.isnan(t)
+        t = _bernoulli(t.nan_to_num(0.0), int(source.get("seed", 0)), "inputs")
+        t = t.masked_fill_(nan, float("nan")) if allow_missing else t
+    elif kind == "binary" and not ((t == 0) | (t == 1) | torch.isnan(t)).all():
         raise DataError(f"{p}: the model was trained on binary data, but these values are not all 0 or 1; "
                         f"binarize them first")
     labels = None if y is None else torch.from_numpy(_encode_labels(y, p, source.get("classes"))[0])

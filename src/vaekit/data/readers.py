@@ -19,6 +19,7 @@ from ..errors import DataError, UsageError
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 X_KEYS = ("x", "X", "images", "data", "arr_0")  # .npz keys tried for the examples, in this order
 Y_KEYS = ("y", "Y", "labels", "targets")  # ... and for the labels
+MISSING_CELLS = ("", "nan", "na", "n/a")  # CSV cells read as missing values when read_csv(allow_missing=True)
 LABEL_NAMES = ("label", "labels", "y", "target", "class", "outlier")  # CSV label column names (any case)
 
 # IDX magic numbers: 0x00 0x00, type byte 0x08 (unsigned byte), number of dimensions.
@@ -201,8 +202,11 @@ def read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise DataError(f"cannot read {path} as a NumPy file: {' '.join(str(e).split())}") from None
 
 
-def to_examples(x: np.ndarray, path: Path) -> np.ndarray:
-    """(N, D) and (N, C, H, W) stay; (N, H, W) -> (N, 1, H, W); (N, H, W, C) with C in {1, 3, 4} -> NCHW."""
+def to_examples(x: np.ndarray, path: Path, allow_missing: bool = False) -> np.ndarray:
+    """(N, D) and (N, C, H, W) stay; (N, H, W) -> (N, 1, H, W); (N, H, W, C) with C in {1, 3, 4} -> NCHW.
+
+    NaN and infinite values are refused; with ``allow_missing`` NaN passes (a missing value).
+    """
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: expected a numeric array, got dtype {x.dtype}")
     if x.ndim == 3:
@@ -215,9 +219,11 @@ def to_examples(x: np.ndarray, path: Path) -> np.ndarray:
     if x.shape[0] == 0 or 0 in x.shape:
         raise DataError(f"{path}: no data (shape {x.shape})")
     if x.dtype.kind == "f":
-        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        flat = x.reshape(len(x), -1)
+        bad = ~(np.isfinite(flat) | np.isnan(flat) if allow_missing else np.isfinite(flat)).all(axis=1)
         if bad.any():
-            raise DataError(f"{path}: example {int(bad.argmax())} holds NaN or infinite values; drop or fill them")
+            what = "infinite" if allow_missing else "NaN or infinite"
+            raise DataError(f"{path}: example {int(bad.argmax())} holds {what} values; drop or fill them")
     return x
 
 
@@ -232,11 +238,13 @@ def array_kind(x: np.ndarray) -> str:
     return "continuous"
 
 
-def read_csv(path: Path, label_column: str | None,
-             need_label: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, str | None]:
+def read_csv(path: Path, label_column: str | None, need_label: bool = True,
+             allow_missing: bool = False) -> tuple[np.ndarray, np.ndarray | None, list[str] | None, str | None]:
     """A numeric CSV table -> features float64 (N, D), label strings (N,) or None, feature names, label name.
 
     Feature names are None without a header row; columns are then named by number ("1", "2", ...).
+    Empty, NaN and infinite cells are refused; with ``allow_missing`` the cells "", "nan", "na"
+    and "n/a" (any case) become NaN (missing values) and only infinite values are refused.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -281,17 +289,20 @@ def read_csv(path: Path, label_column: str | None,
     feat = [j for j in range(len(names)) if j != lab]
     if not feat:
         raise DataError(f"{path}: no feature columns besides the label column")
+    fcells = cells[:, feat]
+    if allow_missing:
+        fcells = np.where(np.isin(np.char.lower(np.char.strip(fcells)), MISSING_CELLS), "nan", fcells)
     try:
-        x = cells[:, feat].astype(np.float64)
+        x = fcells.astype(np.float64)
     except ValueError:  # find the first bad cell, for the message (only on this error path)
-        for i, row in enumerate(cells[:, feat]):
+        for i, row in enumerate(fcells):
             for j, c in zip(feat, row):
                 if not number(c):
                     what = "empty cell" if not c.strip() else f"{str(c)!r} is not a number"
                     raise DataError(f"{path}: row {i + 1} (line {lines[i]}), column {j + 1} ({names[j]}): "
                                     f"{what}") from None
         raise
-    bad = np.argwhere(~np.isfinite(x))
+    bad = np.argwhere(~np.isfinite(x) & ~(allow_missing & np.isnan(x)))
     if len(bad):
         i, j = int(bad[0][0]), feat[int(bad[0][1])]
         cell = str(cells[i, j]).strip()
