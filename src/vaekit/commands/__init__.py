@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES: list[str] = ["generate", "latent", "report"]
+MODULES: list[str] = ["generate", "latent", "report", "impute", "denoise"]
 
 
 def register_all(sub) -> None:

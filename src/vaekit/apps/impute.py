@@ -1,0 +1,194 @@
+"""Fill in missing values with a trained VAE, keeping the observed values fixed.
+
+Three samplers of p(x_mis | x_obs), all batched over examples (one encoder and one decoder pass per
+step for a whole batch):
+
+- ``"pseudo-gibbs"`` (Rezende, Mohamed and Wierstra 2014): z ~ q(z | x_obs, x_mis), then
+  x_mis ~ p(x_mis | z), repeated. Simple, but its stationary law is only approximately the
+  conditional, and it can get stuck when q is poor on unusual inputs.
+- ``"mwg"``, Metropolis-within-Gibbs (Mattei and Frellsen 2018, "Leveraging the exact likelihood
+  of deep latent variable models"): the z draw from q(z | x_obs, x_mis) is a proposal, accepted
+  with probability min(1, rho),
+  rho = p(z*) p(x_obs|z*) q(z_old | x) / (p(z_old) p(x_obs|z_old) q(z* | x)), x = current fill;
+  the chain over (z, x_mis) then targets the exact conditional p(z, x_mis | x_obs).
+- ``"importance"``: self-normalised importance sampling of E[x_mis | x_obs] with proposal
+  q(z | current fill) and weights p(x_obs|z) p(z) / q(z|x), in rounds that re-fill x_mis with the
+  latest estimate (the single-imputation estimator of Mattei and Frellsen's MIWAE, 2019, with a
+  VAE's encoder as the proposal).
+
+The returned fill is an estimate of the conditional mean E[x_mis | x_obs]: the decoder means
+E[x|z] averaged over the chain's draws after burn-in (Rao-Blackwellised), or importance-weighted.
+For Bernoulli models these are probabilities, for Gaussian ones the mean, in model units.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..errors import DataError, UsageError
+from .generate import seeded
+
+METHODS = ("importance", "mwg", "pseudo-gibbs")
+DEFAULT_METHOD = "importance"  # lowest error in bench/bench_impute.py (see bench/results/impute_denoise.md)
+DEFAULT_ITERS = {"importance": 1000, "mwg": 200, "pseudo-gibbs": 200}
+ROUNDS = 2  # importance: the first round's estimate becomes the fill the second round's proposal sees
+CHUNK = 100  # importance samples per decoder pass (memory: batch * CHUNK examples)
+
+
+def missing_mask(x: torch.Tensor, mask: Any = None) -> torch.Tensor:
+    """Where values are missing: NaN in ``x`` or True (non-zero) in ``mask``. Returns bool (N, *shape).
+
+    ``mask`` is None, or anything broadcastable to x's shape: (N, *shape), one (*shape) for all
+    examples, or a flat (N, D) / (D,) for image data with D values per example.
+    """
+    miss = torch.isnan(x)
+    if mask is None:
+        return miss
+    m = torch.as_tensor(mask)
+    if m.dtype.is_floating_point and torch.isnan(m).any():
+        raise DataError("the mask holds NaN values; use 0 (observed) and 1 (missing)")
+    m = m != 0
+    shape = tuple(x.shape[1:])
+    if m.dim() >= 1 and m.shape[-1] == math.prod(shape) and tuple(m.shape[-len(shape):]) != shape:
+        m = m.reshape(*m.shape[:-1], *shape)  # flat masks for images
+    if m.dim() == len(shape):
+        m = m.unsqueeze(0)
+    if m.dim() != x.dim() or tuple(m.shape[1:]) != shape or m.shape[0] not in (1, x.shape[0]):
+        raise DataError(f"the mask has shape {tuple(torch.as_tensor(mask).shape)}, but the inputs are "
+                        f"{tuple(x.shape)}: give one mask of shape {shape} or one per example")
+    return miss | m.to(miss.device)
+
+
+def check_method(method: str, iters: int | None) -> int:
+    """Validate a method name and step count; returns the number of steps to run."""
+    if method not in METHODS:
+        raise UsageError(f"unknown imputation method {method!r}; valid: {', '.join(METHODS)}")
+    n = DEFAULT_ITERS[method] if iters is None else iters
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise UsageError(f"--iters must be a positive whole number, got {iters}")
+    return int(n)
+
+
+@torch.no_grad()
+def model_mean(model: Any, n: int = 2000, seed: int = 0) -> torch.Tensor:
+    """The model's marginal mean E_p(z)[E[x|z]], (*shape), from ``n`` prior draws: close to the
+    training data's mean for a trained model (0 for standardised tables), with no data needed."""
+    with seeded(seed):
+        return model.sample(n, mean=True).mean(0).cpu()
+
+
+@torch.no_grad()
+def impute(model: Any, x: torch.Tensor, mask: Any = None, *, method: str = DEFAULT_METHOD, iters: int | None = None,
+           burn_in: int | None = None, init: Any = None, seed: int | None = 0, batch_size: int = 500) -> torch.Tensor:
+    """Fill the missing values of ``x`` with a trained VAE; the observed values come back unchanged.
+
+    x: float (N, *spec.shape) in model units (what ``load_inputs`` returns: [0, 1] images,
+        standardised tables) with NaN where values are missing; ``mask`` adds missing positions
+        (True/1 = missing; see ``missing_mask``). A row with every value missing is allowed: its
+        fill is the model's own marginal (the prior pushed through the decoder).
+    method: "importance" (default), "mwg" or "pseudo-gibbs" (see the module docstring).
+    iters: chain steps for "mwg"/"pseudo-gibbs", importance samples for "importance"
+        (default ``DEFAULT_ITERS``). burn_in: chain steps discarded before averaging (default iters // 2).
+    init: starting values for the missing entries: a tensor broadcastable to x, or None for the
+        model's marginal mean (``model_mean``, about the training mean).
+    seed: makes the result repeatable without touching the caller's random state (None: unseeded).
+    Returns float32 (N, *spec.shape) on the CPU: observed entries bit for bit as given, missing
+    entries an estimate of E[x_mis | x_obs] (decoder means: probabilities for Bernoulli models).
+    """
+    steps = check_method(method, iters)
+    burn = steps // 2 if burn_in is None else int(burn_in)
+    if not 0 <= burn < steps:
+        raise UsageError(f"burn_in must be in [0, iters), got {burn_in} with iters {steps}")
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    x = torch.as_tensor(x, dtype=torch.float32).cpu()
+    miss = missing_mask(x, mask).cpu()
+    out = x.clone()
+    if not miss.any():
+        return out
+    with seeded(seed):
+        start = model_mean(model, seed=None) if init is None else torch.as_tensor(init, dtype=torch.float32)
+        start = torch.broadcast_to(start, x.shape)
+        rows = miss.flatten(1).any(1).nonzero().flatten()  # only rows with something to fill
+        for i in range(0, len(rows), batch_size):
+            r = rows[i:i + batch_size]
+            xb, mb = x[r].to(model.device), miss[r].to(model.device)
+            xb = torch.where(mb, start[r].to(model.device), xb)
+            if method == "importance":
+                est = _importance(model, xb, mb, steps)
+            else:
+                est = _chain(model, xb, mb, steps, burn, mh=method == "mwg")
+            out[r] = torch.where(mb, est, xb).cpu()
+    return out
+
+
+def _log_px_obs(model: Any, params: torch.Tensor, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """log p(x_obs | z) summed over the observed values only: (B,) in nats. x has no NaN."""
+    lp = model.likelihood.dist(params).base_dist.log_prob(x)
+    return torch.where(obs, lp, torch.zeros_like(lp)).flatten(1).sum(1)
+
+
+def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dim."""
+    return (-0.5 * (z - mu) ** 2 * torch.exp(-logvar) - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _chain(model: Any, x: torch.Tensor, miss: torch.Tensor, steps: int, burn: int, *, mh: bool) -> torch.Tensor:
+    """Pseudo-Gibbs (mh=False) or Metropolis-within-Gibbs (mh=True) over a batch. x: (B, *shape)
+    filled; returns the mean of E[x|z_t] over the kept steps t >= burn, (B, *shape)."""
+    obs = ~miss
+    lik = model.likelihood
+    z = params = lw_old = None
+    total = torch.zeros_like(x)
+    for t in range(steps):
+        mu, logvar = model.encode(x)
+        z_new = model.reparameterize(mu, logvar)
+        params_new = model.decoder(z_new)
+        if mh:
+            lw_new = model.prior.log_prob(z_new) + _log_px_obs(model, params_new, x, obs)
+            if z is None:  # the first draw starts the chain
+                z, params, lw_old = z_new, params_new, lw_new
+            else:
+                log_rho = (lw_new - _log_normal(z_new, mu, logvar)) - (lw_old - _log_normal(z, mu, logvar))
+                accept = torch.log(torch.rand_like(log_rho)) < log_rho  # (B,)
+                z = torch.where(accept[:, None], z_new, z)
+                params = torch.where(accept.view(-1, *[1] * (params.dim() - 1)), params_new, params)
+                lw_old = torch.where(accept, lw_new, lw_old)
+        else:
+            params = params_new
+        x = torch.where(miss, lik.sample(params), x)
+        if t >= burn:
+            total += lik.mean(params)
+    return total / (steps - burn)
+
+
+def _importance(model: Any, x: torch.Tensor, miss: torch.Tensor, k: int) -> torch.Tensor:
+    """Self-normalised importance estimate of E[x_mis | x_obs] in ROUNDS rounds of k samples in
+    all, each round proposing from q(z | current fill). x: (B, *shape) filled; returns (B, *shape)."""
+    obs = ~miss
+    b, shape = x.shape[0], x.shape[1:]
+    per_round = [k // ROUNDS + (1 if j < k % ROUNDS else 0) for j in range(ROUNDS)]
+    for kr in (n for n in per_round if n > 0):
+        mu, logvar = model.encode(x)
+        top = torch.full((b,), -math.inf, device=x.device)  # running max of the log weights
+        norm = torch.zeros(b, device=x.device)  # sum of exp(log_w - top)
+        acc = torch.zeros_like(x)  # sum of exp(log_w - top) * E[x|z]
+        for c in range(0, kr, CHUNK):  # streamed: memory stays at CHUNK * B examples
+            kc = min(CHUNK, kr - c)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(kc, *mu.shape, device=mu.device, dtype=mu.dtype)
+            params = model.decoder(z.reshape(kc * b, -1))
+            xk = x.expand(kc, *x.shape).reshape(kc * b, *shape)
+            ok = obs.expand(kc, *obs.shape).reshape(kc * b, *shape)
+            log_w = (model.prior.log_prob(z) - _log_normal(z, mu, logvar)
+                     + _log_px_obs(model, params, xk, ok).view(kc, b))  # (kc, B)
+            new_top = torch.maximum(top, log_w.max(0).values)
+            scale, w = torch.exp(top - new_top), torch.exp(log_w - new_top)  # (B,), (kc, B)
+            norm = norm * scale + w.sum(0)
+            acc = acc * scale.view(b, *[1] * len(shape)) + torch.einsum(
+                "kb,kb...->b...", w, model.likelihood.mean(params).view(kc, b, *shape))
+            top = new_top
+        x = torch.where(miss, acc / norm.view(b, *[1] * len(shape)), x)
+    return x
