@@ -132,5 +132,5 @@ def cmd_impute(args: argparse.Namespace) -> int:
     lines = [f"imputed {res['missing_values']} missing values in {res['rows_with_missing']} of {res['n']} examples "
              f"({args.method}, {iters} {'samples' if args.method == 'importance' else 'steps'})", f"wrote {out}"]
     if res["rows_all_missing"]:
-        lines.insert(1, f"{res["rows_all_missing"]} example(s) had every value missing: filled from the model's marginal")
+        lines.insert(1, f"{res['rows_all_missing']} example(s) had every value missing: filled from the model's marginal")
     return emit(args, res, lines)
