@@ -98,8 +98,8 @@ class VAE(BaseModel):
         z = mu + std * eps  # (k, B, D)
         log_q = (-0.5 * eps * eps - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_p = self.prior.log_prob(z)
-        xk = x.unsqueeze(0).expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
-        log_px = self.likelihood.log_prob(self.decoder(z.reshape(-1, mu.shape[-1])), xk).view(k, -1)
+        # x is broadcast against the k samples' decoder outputs, not copied k times
+        log_px = self.likelihood.log_prob_k(self.decoder(z.reshape(-1, mu.shape[-1])), x)
         return log_px, log_p, log_q
 
     # -- applications -----------------------------------------------------------------------------

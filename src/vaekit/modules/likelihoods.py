@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, constraints
 
-from ..functional.bernoulli import bernoulli_log_prob
+from ..functional.bernoulli import bernoulli_log_prob, bernoulli_log_prob_k
 from ..functional.discretized import discretized_logistic_log_prob
 from ..registry import Registry
 
@@ -35,6 +35,18 @@ class Likelihood(nn.Module):
     def dist(self, params: torch.Tensor) -> Distribution:
         """The distribution p(x | params); batch shape (B,), event shape = data shape."""
         raise NotImplementedError
+
+    def log_prob_k(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x_b | params) for k parameter sets per example, nats: (k, B).
+
+        params: (k * B, P, *data_shape), sample-major (row i * B + b is sample i of example b);
+        x: (B, *data_shape). This default scores a k-fold expanded copy of x; likelihoods that
+        can broadcast x instead override it.
+        """
+        b = x.shape[0]
+        k = params.shape[0] // b
+        xk = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
+        return self.log_prob(params, xk).view(k, b)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """E[x | params], shape (B, *data_shape)."""
@@ -64,6 +76,10 @@ class BernoulliLikelihood(Likelihood):
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return bernoulli_log_prob(params, x)
+
+    def log_prob_k(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        return bernoulli_log_prob_k(params.view(-1, b, *params.shape[1:]), x)
 
     def dist(self, params: torch.Tensor) -> Distribution:
         logits = params[:, 0]
