@@ -76,3 +76,10 @@ def test_bfloat16_matmuls_stay_close_to_fp32():
         assert p.grad.dtype == torch.float32
         rel = (p.grad - want[n]).norm() / want[n].norm()
         assert rel < 0.05, (n, float(rel))
+
+
+@pytest.mark.parametrize("cfg", [dict(model="iwae", k=5), dict(latent_dim2=3), dict(model="iwae", latent_dim2=3)])
+def test_models_with_their_own_loss_use_autograd(cfg):
+    """The fast step computes the one-layer VAE's ELBO; the IWAE bound and the two-layer models
+    override ``loss`` and must not be trained with it."""
+    assert not supports(build_model(ModelConfig(hidden=[16], latent_dim=4, **cfg), DataSpec((1, 8, 8), "8bit")))

@@ -8,6 +8,7 @@ import torch
 from vaekit.data.spec import DataSpec
 from vaekit.errors import UsageError
 from vaekit.models import MODELS, ModelConfig, build_model
+from vaekit.models.base import TWO_LAYER
 from vaekit.modules.blocks import ENCODERS
 from vaekit.modules.likelihoods import LIKELIHOODS
 
@@ -30,17 +31,19 @@ def _batch(spec, n=6, seed=0):
 
 def _cases():
     for model in MODELS.names():
-        for arch, spec in CASES:
-            for lik in LIKELIHOODS.names():
-                if spec.kind in LIKELIHOODS.get(lik).kinds:
-                    yield model, arch, spec, lik
+        # latent_dim2 > 0: the two-stochastic-layer variant, for the models that offer one
+        for latent_dim2 in (0, 2) if model in TWO_LAYER else (0,):
+            for arch, spec in CASES:
+                for lik in LIKELIHOODS.names():
+                    if spec.kind in LIKELIHOODS.get(lik).kinds:
+                        yield model, arch, spec, lik, latent_dim2
 
 
-@pytest.mark.parametrize("model,arch,spec,lik", list(_cases()))
-def test_model_contract(model, arch, spec, lik):
+@pytest.mark.parametrize("model,arch,spec,lik,latent_dim2", list(_cases()))
+def test_model_contract(model, arch, spec, lik, latent_dim2):
     torch.manual_seed(0)
     m = build_model(ModelConfig(model=model, arch=arch, hidden=[16, 8] if arch == "mlp" else None, latent_dim=3,
-                                likelihood=lik), spec)
+                                likelihood=lik, latent_dim2=latent_dim2, k=4), spec)
     x = _batch(spec)
     out = m.loss(x, kl_weight=0.5)
     assert {"loss", "elbo", "recon", "kl"} <= set(out)
@@ -57,6 +60,11 @@ def test_model_contract(model, arch, spec, lik):
     assert m.reconstruct(x).shape == x.shape
     lw = m.log_weights(x, 5)
     assert lw.shape == (5, 6) and torch.isfinite(lw).all()
+    t = m.elbo_terms(x)
+    n_dims = 3 + latent_dim2  # per-dimension KL and posterior means cover every stochastic layer
+    assert t["recon"].shape == t["kl"].shape == (6,)
+    assert t["kl_dims"].shape == t["mu"].shape == (6, n_dims)
+    torch.testing.assert_close(t["kl_dims"].sum(-1), t["kl"])
 
 
 def test_loss_is_negative_elbo_with_beta_and_free_bits():

@@ -53,6 +53,8 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--arch", "arch", str, "mlp | conv"),
     ("--hidden", "hidden", _int_list, "hidden widths (mlp) or conv channels, e.g. 400 or 200,200"),
     ("--latent-dim", "latent_dim", int, "latent dimensions"),
+    ("--latent-dim2", "latent_dim2", int, "dimensions of a second (top) stochastic layer; 0: one layer"),
+    ("--hidden2", "hidden2", _int_list, "MLP widths between the two stochastic layers (default: half of --hidden)"),
     ("--activation", "activation", str, "relu | tanh | elu | gelu | silu | leaky_relu | softplus"),
     ("--likelihood", "likelihood", str, "bernoulli | gaussian | gaussian-fixed | discretized-logistic"),
     ("--beta", "beta", _finite, "weight of the KL term (beta-VAE)"),

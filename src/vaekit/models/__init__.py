@@ -3,5 +3,6 @@
 from .base import MODELS, ModelConfig, build_model
 from .vae import VAE
 from .iwae import IWAE  # noqa: E402  (registers "iwae")
+from .hierarchical import TwoLayerIWAE, TwoLayerVAE  # noqa: E402  (second stochastic layer)
 
-__all__ = ["IWAE", "MODELS", "ModelConfig", "VAE", "build_model"]
+__all__ = ["IWAE", "MODELS", "ModelConfig", "TwoLayerIWAE", "TwoLayerVAE", "VAE", "build_model"]

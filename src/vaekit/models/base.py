@@ -14,6 +14,9 @@ from ..modules.likelihoods import LIKELIHOODS, default_likelihood
 from ..registry import Registry
 
 MODELS: Registry = Registry("model")
+#: Two-stochastic-layer variants by model name, used when ``latent_dim2`` > 0 (filled by
+#: ``models.hierarchical``; a model without an entry does not offer a second layer).
+TWO_LAYER: dict[str, type] = {}
 
 
 @dataclass
@@ -26,6 +29,11 @@ class ModelConfig:
     free_bits: minimum KL per latent dimension (nats, batch-averaged) below which the KL term
         gives no gradient (Kingma et al. 2016); 0 disables it.
     k: importance samples per example in the training bound of model "iwae" (unused by "vae").
+    latent_dim2: size of a second, top stochastic layer z2 (Burda et al. 2015's two-layer
+        architecture: x -> z1 (latent_dim) -> z2 (latent_dim2), all conditionals diagonal
+        Gaussians, p(z2) = N(0, I)); 0 (the default) means one stochastic layer.
+    hidden2: widths of the MLPs between z1 and z2 (q(z2|z1) in this order, p(z1|z2) mirrored);
+        None picks half of each ``hidden`` width (200,200 -> 100,100, the paper's sizes).
     """
 
     model: str = "vae"
@@ -38,6 +46,8 @@ class ModelConfig:
     beta: float = 1.0
     free_bits: float = 0.0
     k: int = 50
+    latent_dim2: int = 0
+    hidden2: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self, spec: DataSpec) -> "ModelConfig":
@@ -57,6 +67,12 @@ class ModelConfig:
             raise UsageError(f"--hidden needs positive integers, got {cfg.hidden}")
         if cfg.latent_dim <= 0:
             raise UsageError(f"--latent-dim must be positive, got {cfg.latent_dim}")
+        if cfg.latent_dim2 < 0:
+            raise UsageError(f"--latent-dim2 must be >= 0 (0: one stochastic layer), got {cfg.latent_dim2}")
+        if cfg.latent_dim2 > 0 and cfg.hidden2 is None:
+            cfg.hidden2 = [max(1, int(h) // 2) for h in (cfg.hidden if cfg.arch == "mlp" and cfg.hidden else [200, 200])]
+        if cfg.hidden2 is not None and (not cfg.hidden2 or any(int(h) <= 0 for h in cfg.hidden2)):
+            raise UsageError(f"--hidden2 needs positive integers, got {cfg.hidden2}")
         if cfg.k < 1:
             raise UsageError(f"--k must be at least 1, got {cfg.k}")
         if cfg.beta < 0 or cfg.free_bits < 0:
@@ -92,4 +108,9 @@ class BaseModel(nn.Module):
 def build_model(config: ModelConfig, spec: DataSpec) -> BaseModel:
     """Build the model named by ``config.model`` for data described by ``spec``."""
     cls = MODELS.get(config.model)
-    return cls(config.resolved(spec), spec)
+    cfg = config.resolved(spec)
+    if cfg.latent_dim2 > 0:
+        if cfg.model not in TWO_LAYER:
+            raise UsageError(f"--latent-dim2 is offered by models {', '.join(sorted(TWO_LAYER))}, not {cfg.model!r}")
+        cls = TWO_LAYER[cfg.model]
+    return cls(cfg, spec)

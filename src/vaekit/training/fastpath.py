@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.vae import VAE
 from ..modules.blocks import MLPDecoder, MLPEncoder
 from ..modules.likelihoods import BernoulliLikelihood, FixedGaussianLikelihood
 from ..modules.priors import StandardNormalPrior
@@ -35,7 +36,10 @@ def _linears_and_act(seq: nn.Sequential) -> tuple[list[nn.Linear], type | None] 
 
 
 def supports(model: nn.Module) -> bool:
-    """True when ``FastStep`` computes exactly this model's loss."""
+    """True when ``FastStep`` computes exactly this model's loss: the one-layer VAE's ELBO (not
+    a model that overrides ``loss``, such as the IWAE or the two-stochastic-layer models)."""
+    if getattr(type(model), "loss", None) is not VAE.loss:
+        return False
     enc, dec = getattr(model, "encoder", None), getattr(model, "decoder", None)
     if type(enc) is not MLPEncoder or type(dec) is not MLPDecoder:
         return False
