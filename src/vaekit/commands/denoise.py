@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+
 from ..apps.common import check_example_out, check_out, write_examples
 from ..apps.denoise import denoise
 from ..data.datasets import load_inputs

@@ -57,7 +57,7 @@ def read_mask(path: str, shape: tuple[int, ...]) -> np.ndarray:
         try:
             with Image.open(p) as im:
                 a = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
-        except Exception as e:  # PIL raises several types for damaged files
+        except Exception as e:  # noqa: BLE001 (PIL raises several types for damaged files)
             raise DataError(f"--mask {p}: cannot read the image ({' '.join(str(e).split())})") from None
         if a.shape != tuple(shape[1:]):
             raise DataError(f"--mask {p}: the image is {a.shape[1]}x{a.shape[0]} pixels, the model's images are "
@@ -129,8 +129,10 @@ def cmd_impute(args: argparse.Namespace) -> int:
     res = {"out": str(out), "n": len(s.x), "missing_values": int(rows.sum()),
            "rows_with_missing": int(rows.any(1).sum()), "rows_all_missing": int(rows.all(1).sum()),
            "method": args.method, "iters": iters, "seed": args.seed}
+    unit = "samples" if args.method == "importance" else "steps"
     lines = [f"imputed {res['missing_values']} missing values in {res['rows_with_missing']} of {res['n']} examples "
-             f"({args.method}, {iters} {'samples' if args.method == 'importance' else 'steps'})", f"wrote {out}"]
+             f"({args.method}, {iters} {unit})"]
+    lines.append(f"wrote {out}")
     if res["rows_all_missing"]:
         lines.insert(1, f"{res['rows_all_missing']} example(s) had every value missing: filled from the model's marginal")
     return emit(args, res, lines)
