@@ -130,8 +130,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
            "rows_with_missing": int(rows.any(1).sum()), "rows_all_missing": int(rows.all(1).sum()),
            "method": args.method, "iters": iters, "seed": args.seed}
     unit = "samples" if args.method == "importance" else "steps"
-    lines = [f"imputed {res['missing_values']} missing values in {res['rows_with_missing']} of {res['n']} examples "
-             f"({args.method}, {iters} {unit})"]
+    lines = [(f"imputed {res['missing_values']} missing values in {res['rows_with_missing']} of {res['n']} examples "
+             f"({args.method}, {iters} {unit})")]
     lines.append(f"wrote {out}")
     if res["rows_all_missing"]:
         lines.insert(1, f"{res['rows_all_missing']} example(s) had every value missing: filled from the model's marginal")
