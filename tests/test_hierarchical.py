@@ -164,3 +164,10 @@ def test_cli_trains_saves_loads_and_resumes_exactly(tmp_path, capsys):
     again = vaekit.load(full)
     torch.manual_seed(0)
     torch.testing.assert_close(again.log_weights(x, 6), lw1, rtol=0, atol=0)
+
+
+def test_keep_freed_memory_is_idempotent():
+    from vaekit.training.memory import keep_freed_memory
+
+    first = keep_freed_memory()
+    assert isinstance(first, bool) and keep_freed_memory() == first

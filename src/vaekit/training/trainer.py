@@ -24,6 +24,7 @@ from ..io import save_tensors, write_text
 from ..metrics import loss_terms
 from .checkpoint import load_checkpoint, save_checkpoint
 from .fastpath import FastStep, supports
+from .memory import keep_freed_memory
 from .optim import Adam
 
 LR_SCHEDULES = ("none", "cosine", "exponential")
@@ -90,6 +91,8 @@ class Trainer:
         check_config(cfg)
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # large per-step temporaries (IWAE's k * B rows) without page faults
         self.model = model.to(self.device)
         self.progress = progress
         self.callbacks = callbacks or []
