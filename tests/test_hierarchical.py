@@ -164,6 +164,13 @@ def test_cli_trains_saves_loads_and_resumes_exactly(tmp_path, capsys):
     again = vaekit.load(full)
     torch.manual_seed(0)
     torch.testing.assert_close(again.log_weights(x, 6), lw1, rtol=0, atol=0)
+    # the application verbs work in z1, the model's latent space (traverse picks z1 dimensions)
+    for verb in (["traverse", str(full), "--out", str(tmp_path / "t.npy")],
+                 ["interpolate", str(full), "--from", "0", "--to", "3", "--out", str(tmp_path / "i.npy")],
+                 ["embed", str(full), "--out", str(tmp_path / "e.npy")],
+                 ["sample", str(full), "--n", "4", "--out", str(tmp_path / "s.npy")]):
+        assert main([*verb, "--json"]) == 0, verb
+        capsys.readouterr()
 
 
 def test_keep_freed_memory_is_idempotent():

@@ -112,7 +112,8 @@ def cmd_traverse(args: argparse.Namespace) -> int:
         from ..metrics import evaluate
 
         s = run_inputs(run, None, split=args.split, data_dir=args.data_dir, limit=1000)
-        dims = most_active_dims(evaluate(run.model, s.x)["kl_per_dim"], 8)
+        kl = evaluate(run.model, s.x)["kl_per_dim"][: run.model.latent_dim]  # a 2nd layer's dims come after
+        dims = most_active_dims(kl, 8)
     frames = traverse(run.model, dims, base=base, span=args.span, steps=args.steps)
     _write_frames(out, frames, run, row_labels=[f"z{d}" for d in dims])
     return emit(args, {"out": str(out), "dims": dims, "span": args.span, "steps": args.steps},
