@@ -28,7 +28,8 @@ evaluation. wall_s_end_to_end runs from this worker process's start (/proc) to t
 pipeline: imports, IDX loading, pythae's preprocessing and sanity checks, all epochs with pythae's
 own per-epoch eval + best-model deepcopy (the last one is the final test evaluation), and its
 final model save; minus extra_eval_s. time_to_neg_elbo_100_s sums train_s up to the first epoch
-with test_neg_elbo <= 100 (null if never reached).
+with test_neg_elbo <= 100 (null if never reached). With --stop-at NATS training ends after the
+first epoch whose test_neg_elbo <= NATS (stopped_early: true; pythae's final save is skipped).
 """
 from __future__ import annotations
 
@@ -185,6 +186,8 @@ def worker(args: argparse.Namespace) -> dict:
             torch.set_rng_state(rng)
             self.epochs[-1]["test_neg_elbo"] = total / len(test_t)
             self.extra_eval_s += time.perf_counter() - t
+            if args.stop_at is not None and self.epochs[-1]["test_neg_elbo"] <= args.stop_at:
+                raise _Reached
 
         def on_log(self, training_config, logs, **kw):
             self.epochs[-1]["pythae_train_loss"] = logs.get("train_epoch_loss")
@@ -197,10 +200,13 @@ def worker(args: argparse.Namespace) -> dict:
     config = BaseTrainerConfig(output_dir=out_dir, num_epochs=args.epochs, learning_rate=1e-3,
                                per_device_train_batch_size=128, per_device_eval_batch_size=128,
                                optimizer_cls="Adam", seed=args.seed, no_cuda=True)
-    bench = Bench()
+    bench, stopped = Bench(), False
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON only
-        TrainingPipeline(model=model, training_config=config)(
-            train_data=x_train, eval_data=x_test, callbacks=[bench])
+        try:
+            TrainingPipeline(model=model, training_config=config)(
+                train_data=x_train, eval_data=x_test, callbacks=[bench])
+        except _Reached:
+            stopped = True
     wall = _seconds_since_process_start(_T0) - bench.extra_eval_s
     shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -216,9 +222,9 @@ def worker(args: argparse.Namespace) -> dict:
                 if line.startswith("model name")), platform.processor() or "unknown")
     return {
         "library": "pythae", "model": "mnist seed-tutorial VAE 784-400-20, bce",
-        "train_samples_per_s": round(len(x_train) * args.epochs / cum, 1),
+        "train_samples_per_s": round(len(x_train) * len(bench.epochs) / cum, 1),
         "wall_s_end_to_end": round(wall, 2),
-        "epochs": args.epochs,
+        "epochs": len(bench.epochs), "stopped_early": stopped,
         "per_epoch": bench.epochs,
         "time_to_neg_elbo_100_s": None if t100 is None else round(t100, 2),
         "test_neg_elbo_estimator": "one z ~ q(z|x) per test image, nats/example (BCE sum + KL)",
@@ -235,12 +241,17 @@ def worker(args: argparse.Namespace) -> dict:
     }
 
 
+class _Reached(Exception):
+    """Raised from the epoch-end callback once --stop-at is reached, to end pythae's loop."""
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--data-dir", default=str(DEFAULT_DATA))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the JSON result to this file")
+    p.add_argument("--stop-at", type=float, default=None, help="stop after the first epoch with test -ELBO <= this")
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
