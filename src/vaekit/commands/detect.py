@@ -1,0 +1,124 @@
+"""``vaekit detect``: per-example anomaly scores of a trained run, a threshold, flags, a histogram."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..apps.anomaly import DEFAULT_SCORE, SCORES, check_contamination, detect
+from ..apps.common import check_out, class_names, label_index, run_inputs
+from ..errors import UsageError, VaekitError
+from ..io import atomic_path
+from ._shared import add_run_args, emit, open_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..cli import _finite
+
+    p = sub.add_parser("detect", help="anomaly scores (higher = more anomalous), a threshold and flags")
+    add_run_args(p, split=False)
+    p.add_argument("--input", default=None, help="image folder/file, .npy/.npz or .csv (default: the run's test split)")
+    p.add_argument("--score", default=DEFAULT_SCORE, help=f"{' | '.join(SCORES)} (default {DEFAULT_SCORE})")
+    p.add_argument("--contamination", type=_finite, default=0.05,
+                   help="share of NORMAL (validation) data to flag: the threshold is its (1 - c) quantile; in (0, 0.5]")
+    p.add_argument("--normal-label", default=None,
+                   help="with labelled inputs: the class that is normal (others are anomalies) for AUROC / AP; "
+                        "default: when the inputs hold two classes, the later one (e.g. 1 = outlier) is the anomaly")
+    p.add_argument("--iw-samples", type=int, default=100, help="importance samples for --score nll")
+    p.add_argument("--limit", type=int, default=None, help="only the first N inputs")
+    p.add_argument("--out", default=None, help="per-example CSV (default RUN/scores.csv); the histogram goes beside it (.png)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_detect)
+
+
+def _anomaly_labels(y: torch.Tensor | None, source: dict[str, Any], num_classes: int | None,
+                    normal: str | None) -> np.ndarray | None:
+    """Class indices -> anomaly flags (N,) bool, or None when it is not clear which class is normal."""
+    if y is None:
+        if normal is not None:
+            raise UsageError("--normal-label was given but the inputs have no labels")
+        return None
+    if normal is not None:
+        return y.numpy() != label_index(normal, source, num_classes)
+    present = np.unique(y.numpy())
+    if len(present) == 2:  # e.g. 0 = normal, 1 = outlier (ODDS): the later class is the anomaly
+        return y.numpy() == present.max()
+    return None
+
+
+def _reference(run, args: argparse.Namespace) -> torch.Tensor | None:
+    """The run's validation split (normal data the model did not train on), or None if unavailable."""
+    try:
+        return run_inputs(run, None, split="val", data_dir=args.data_dir).x
+    except VaekitError:
+        return None
+
+
+def _write_csv(path: Path, det, labels: list[str] | None) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["index", "score", "flag", "threshold"] + (["label"] if labels is not None else []))
+    for i, (s, f) in enumerate(zip(det.scores, det.flags)):
+        w.writerow([i, repr(float(s)), int(f), repr(det.threshold)] + ([labels[i]] if labels is not None else []))
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+def _histogram(path: Path, det, anomalous: np.ndarray | None) -> None:
+    from matplotlib.figure import Figure
+
+    from ..figures import _save_figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    s = det.scores
+    bins = np.histogram_bin_edges(s[np.isfinite(s)], bins=50)
+    if anomalous is not None:
+        ax.hist(s[~anomalous], bins=bins, alpha=0.6, label="normal (label)")
+        ax.hist(s[anomalous], bins=bins, alpha=0.6, label="anomalous (label)")
+    else:
+        ax.hist(s, bins=bins, alpha=0.8, label="inputs")
+    ax.axvline(det.threshold, color="k", ls="--", label=f"threshold {det.threshold:.4g}")
+    ax.set_xlabel(f"anomaly score ({det.score}, nats; higher = more anomalous)")
+    ax.set_ylabel("examples")
+    ax.legend(fontsize=8)
+    _save_figure(path, fig)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    if args.score not in SCORES:
+        raise UsageError(f"unknown --score {args.score!r}; valid: {', '.join(SCORES)}")
+    check_contamination(args.contamination)
+    if args.iw_samples < 1:
+        raise UsageError(f"--iw-samples must be >= 1, got {args.iw_samples}")
+    run = open_from_args(args)
+    out = check_out(args.out or run.dir / "scores.csv", (".csv",))
+    fig_path = out.with_suffix(".png")
+    s = run_inputs(run, args.input, split="test", data_dir=args.data_dir, limit=args.limit)
+    anomalous = _anomaly_labels(s.y, run.source, run.spec.num_classes, args.normal_label)
+    ref = _reference(run, args)
+    if ref is None and args.score == "excess" and run.model.config.likelihood == "bernoulli":
+        ref = s.x  # no validation data: the inputs themselves stand in as the reference
+    det = detect(run.model, s.x, labels=anomalous, reference=ref, score=args.score,
+                 contamination=args.contamination, iw_samples=args.iw_samples, seed=args.seed)
+    names = class_names(run.source, run.spec.num_classes)
+    labels = None if s.y is None else [names[int(c)] if int(c) < len(names) else str(int(c)) for c in s.y]
+    _write_csv(out, det, labels)
+    _histogram(fig_path, det, anomalous)
+    res = {"out": str(out), "histogram": str(fig_path), "n": int(len(det.scores)), "score": det.score,
+           "threshold": det.threshold, "threshold_from": det.threshold_from, "contamination": det.contamination,
+           "flagged": int(det.flags.sum()), "auroc": det.auroc, "average_precision": det.average_precision}
+    lines = [f"scored {res['n']} examples ({det.score}); threshold {det.threshold:.4g} nats "
+             f"(the {1 - det.contamination:.3g} quantile of the {det.threshold_from} scores); "
+             f"flagged {res['flagged']}"]
+    if det.auroc is not None:
+        lines.append(f"AUROC {det.auroc:.4f}, average precision {det.average_precision:.4f}")
+    lines.append(f"wrote {out} and {fig_path}")
+    return emit(args, res, lines)
