@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES: list[str] = ["generate", "latent", "report", "impute", "denoise"]
+MODULES: list[str] = ["generate", "latent", "report", "impute", "denoise", "detect"]
 
 
 def register_all(sub) -> None:
