@@ -85,7 +85,7 @@ def test_missing_mask_shapes_and_bad_arguments(digits):
     assert missing_mask(xs, np.zeros((4, 1, 8, 8))).sum() == 0
     with pytest.raises(DataError, match="mask has shape"):
         missing_mask(xs, np.zeros((3, 3)))
-    with pytest.raises(UsageError, match="valid: importance"):
+    with pytest.raises(UsageError, match="valid: mwg"):
         impute(run.model, xs, method="gibbs")
     with pytest.raises(UsageError, match="--iters"):
         impute(run.model, xs, iters=0)

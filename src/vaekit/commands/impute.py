@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "shaped like one example or like the whole input")
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"{' | '.join(METHODS)} (default {DEFAULT_METHOD})")
     p.add_argument("--iters", type=int, default=None,
-                   help="chain steps (mwg, pseudo-gibbs; default 200) or importance samples (default 1000)")
+                   help="chain steps (mwg, pseudo-gibbs) or importance samples (importance); default 1000")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
                    help="FILE.npy, .npz (key x) or .csv in the input's units, or .png (images: masked inputs "
