@@ -38,7 +38,7 @@ METHODS = ("mwg", "importance", "pseudo-gibbs")
 DEFAULT_METHOD = "mwg"
 DEFAULT_ITERS = {"importance": 1000, "mwg": 1000, "pseudo-gibbs": 1000}
 ROUNDS = 2  # importance: the first round's estimate becomes the fill the second round's proposal sees
-CHUNK = 100  # importance samples per decoder pass (memory: batch * CHUNK examples)
+CHUNK = 50  # importance samples per decoder pass (memory: batch * CHUNK examples)
 
 
 def missing_mask(x: torch.Tensor, mask: Any = None) -> torch.Tensor:
