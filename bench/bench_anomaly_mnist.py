@@ -40,7 +40,7 @@ def variant_scores(det: VAEAnomalyDetector, x: np.ndarray) -> dict[str, np.ndarr
     z = torch.from_numpy(x.astype(np.float64))
     t = crn_terms(det.model_, z, samples=det.n_samples, seed=0)
     out = {k: t[k].numpy() for k in ("elbo", "nll", "recon")}
-    out["excess"] = excess_score(z, t, det.correction_).numpy()
+    out["excess"] = excess_score(z, t, det.correction_, det.model_).numpy()
     out["elbo-H"] = (t["elbo"] - t["entropy"]).numpy()
     out["elbo-H-C/4"] = out["elbo-H"] - 0.25 * complexity(z, t, det.correction_.rate).numpy()
     return out

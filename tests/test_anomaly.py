@@ -55,6 +55,26 @@ def test_entropy_and_excess_score():
     assert fit_correction(gauss, x, terms).rate is None
 
 
+def test_excess_mode_follows_the_entropy_share():
+    """Mostly binary [0, 1] data (images) gets the complexity ratio; fractions (a min-max scaled
+    table) get the residual score calibrated on held-out rows, a row-wise Gaussian NLL."""
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(hidden=[16], latent_dim=3, likelihood="bernoulli"), DataSpec((10,), "unit")).double()
+    binary = (torch.rand(50, 10, dtype=torch.float64) < 0.2).double()
+    binary[:, 0] = 0.5  # a few grey levels do not make it a table
+    assert fit_correction(m, binary, crn_terms(m, binary, samples=2)).mode == "complexity"
+    frac = 0.3 + 0.4 * torch.rand(50, 10, dtype=torch.float64)
+    terms = crn_terms(m, frac, samples=2)
+    corr = fit_correction(m, frac, terms, heldout=np.arange(10))
+    assert corr.mode == "residual" and corr.var.shape == (10,) and (corr.var > 0).all()
+    full = excess_score(frac, terms, corr, m)
+    alone = excess_score(frac[3:4], {k: v[3:4] for k, v in terms.items()}, corr, m)
+    torch.testing.assert_close(full[3:4], alone)
+    assert torch.isfinite(full).all()
+    with pytest.raises(UsageError):
+        excess_score(frac, terms, corr)  # the residual form needs the model
+
+
 def test_threshold_and_detect_with_labels():
     assert threshold_for(np.arange(101.0), 0.1) == pytest.approx(90.0)
     with pytest.raises(UsageError):

@@ -72,8 +72,9 @@ class _VAEBase(BaseEstimator):
         "verbose": ["boolean"],
     }
 
-    def _fit_vae(self, X: Any, latent_dim: int | None) -> np.ndarray:
-        """Validate X, pick likelihood and sizes, train; returns X (n, p) as float64 model units."""
+    def _fit_vae(self, X: Any, latent_dim: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Validate X, pick likelihood and sizes, train; returns X (n, p) as float64 model units and
+        the indices of the validation rows (held out from training; empty without a split)."""
         self._validate_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         Xf = np.asarray(X, dtype=np.float64)
@@ -126,7 +127,7 @@ class _VAEBase(BaseEstimator):
             model.load_state_dict(best["state"])
         self.n_epochs_ = len(self.history_)
         self.model_ = model.to(torch.float64).eval()
-        return Z
+        return Z, perm[:n_val]
 
     def _model_units(self, X: Any) -> torch.Tensor:
         check_is_fitted(self, "model_")
@@ -151,8 +152,9 @@ class _VAEBase(BaseEstimator):
 class VAEAnomalyDetector(OutlierMixin, _VAEBase):
     """Unsupervised anomaly detection with a VAE (scikit-learn API).
 
-    anomaly_score: "excess" (default; -ELBO corrected for input complexity, see
-    :mod:`vaekit.apps.anomaly`), "elbo", "nll" (importance sampled, ``n_samples`` draws) or
+    anomaly_score: "excess" (default; the -ELBO, corrected for input complexity on mostly binary
+    [0, 1] data such as images, a residual score calibrated on the validation rows for other
+    [0, 1] data, see :mod:`vaekit.apps.anomaly`), "elbo", "nll" (importance sampled, ``n_samples`` draws) or
     "recon". ``score_samples(X)`` is MINUS that score (higher = more normal, as in scikit-learn),
     ``offset_`` is its ``contamination`` quantile on the training data, so ``predict`` flags that
     fraction of the training rows (-1) and ``decision_function = score_samples - offset_``.
@@ -188,9 +190,11 @@ class VAEAnomalyDetector(OutlierMixin, _VAEBase):
 
     def fit(self, X: Any, y: Any = None) -> "VAEAnomalyDetector":
         """Train on X (n_samples, n_features); set ``offset_`` from the training scores. y is ignored."""
-        Z = torch.from_numpy(self._fit_vae(X, self.latent_dim)).to(self.model_.device)
+        Z, heldout = self._fit_vae(X, self.latent_dim)
+        Z = torch.from_numpy(Z).to(self.model_.device)
         terms = self._terms(Z)
-        self.correction_ = fit_correction(self.model_, Z, terms) if self.anomaly_score == "excess" else Correction()
+        self.correction_ = (fit_correction(self.model_, Z, terms, heldout) if self.anomaly_score == "excess"
+                            else Correction())
         self.offset_ = float(np.percentile(self._score_from(Z, terms), 100.0 * self.contamination))
         return self
 
@@ -198,7 +202,7 @@ class VAEAnomalyDetector(OutlierMixin, _VAEBase):
         return crn_terms(self.model_, Z, samples=self.n_samples, seed=0)
 
     def _score_from(self, Z: torch.Tensor, terms: dict[str, torch.Tensor]) -> np.ndarray:
-        s = excess_score(Z, terms, self.correction_) if self.anomaly_score == "excess" else terms[self.anomaly_score]
+        s = excess_score(Z, terms, self.correction_, self.model_) if self.anomaly_score == "excess" else terms[self.anomaly_score]
         return -s.numpy()
 
     def anomaly_scores(self, X: Any, score: str | None = None) -> np.ndarray:
@@ -212,7 +216,7 @@ class VAEAnomalyDetector(OutlierMixin, _VAEBase):
         terms = self._terms(Z)
         if kind == "excess":
             corr = self.correction_ if self.anomaly_score == "excess" else Correction()
-            return excess_score(Z, terms, corr).numpy()
+            return excess_score(Z, terms, corr, self.model_).numpy()
         return terms[kind].numpy()
 
     def score_samples(self, X: Any) -> np.ndarray:
