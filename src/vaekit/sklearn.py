@@ -5,7 +5,8 @@ built from vaekit's own pieces (``build_model``, ``DataSpec``, ``Trainer``), so 
 same loop as ``vaekit train``. Defaults need no tuning:
 
 - likelihood "auto": Bernoulli when every training value lies in [0, 1] (images, rates),
-  otherwise a Gaussian with learned variance on columns standardised with the training mean/std;
+  otherwise a Gaussian with learned variance on columns standardised with the training mean/std
+  (its standard deviation floored at ``GAUSSIAN_MIN_STD`` = 0.1 standardised units);
 - sizes from the data (:func:`default_sizes`): two hidden layers, a latent dimension that grows
   like sqrt(n_features), batch size and epoch count from n_samples (small data, few steps);
 - early stopping on a validation split (``validation_fraction``), keeping the best weights;
@@ -39,6 +40,12 @@ from .training.trainer import Trainer
 __all__ = ["VAEAnomalyDetector", "VAETransformer", "default_sizes"]
 
 LIKELIHOOD_CHOICES = ("auto", "bernoulli", "gaussian", "gaussian-fixed")
+# Floor of the learned Gaussian standard deviation, in standardised units (a tenth of a column's
+# spread): the model may not claim to predict a column more precisely than that, so columns that are
+# near-deterministic given the others (quantised or categorical ones) cannot dominate the likelihood.
+# bench_odds, 12 Gaussian ODDS tables, sum of AUROCs: 9.38 at the library's 0.01, 9.53 / 9.55 / 9.58
+# / 9.52 at 0.05 / 0.1 / 0.2 / 0.3 (a broad plateau; 0.1 is its round middle, not its peak).
+GAUSSIAN_MIN_STD = 0.1
 
 
 def default_sizes(n_samples: int, n_features: int) -> dict[str, Any]:
@@ -119,7 +126,9 @@ class _VAEBase(BaseEstimator):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = build_model(ModelConfig(hidden=hidden, latent_dim=self.sizes_["latent_dim"], likelihood=lik), spec)
+            extra = {"likelihood_args": {"min_std": GAUSSIAN_MIN_STD}} if lik == "gaussian" else {}
+            model = build_model(ModelConfig(hidden=hidden, latent_dim=self.sizes_["latent_dim"], likelihood=lik,
+                                            extra=extra), spec)
             trainer = Trainer(model, Data(spec, Split(tr), Split(va), Split(t[:0])), cfg, progress=bool(self.verbose),
                               callbacks=[keep_best])
             self.history_ = trainer.fit()
