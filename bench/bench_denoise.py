@@ -1,8 +1,8 @@
 """Denoising MNIST test images with vaekit: PSNR before and after.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_denoise.py [--epochs 30] [--n-test 10000]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_denoise.py [--epochs 50] [--n-test 10000]
 
-The model is the Bernoulli VAE (MLP 784-HIDDEN-LATENT) that bench/bench_impute.py trains on the
+The model is the Bernoulli VAE (MLP 784-HIDDEN-LATENT, default 784-512-512-32) that bench/bench_impute.py trains on the
 MNIST training set (cached under bench/out/, trained here when missing). Noise on the grey-level
 test images, clipped to [0, 1]: Gaussian (sigma 0.1, 0.3, 0.5) and salt-and-pepper (10%, 30% of
 the pixels set to 0 or 1 with equal odds). PSNR = 10 log10(1 / MSE) against the clean image, dB,
@@ -38,9 +38,9 @@ def add_noise(x: torch.Tensor, kind: str, level: float, seed: int = 0) -> torch.
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=DATA)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--hidden", type=lambda s: [int(v) for v in s.split(",")], default=[400])
-    ap.add_argument("--latent-dim", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--hidden", type=lambda s: [int(v) for v in s.split(",")], default=[512, 512])
+    ap.add_argument("--latent-dim", type=int, default=32)
     ap.add_argument("--n-test", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()

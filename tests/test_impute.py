@@ -158,6 +158,7 @@ def test_cli_images_npy_and_mask_image(digits, tmp_path, capsys):
     (["--input", "in.npy", "--mask", "mask.npy"], "mask has shape"),
     (["--input", "in.npy", "--method", "em"], "valid"),
     (["--input", "in.npy", "--iters", "-3"], "--iters"),
+    (["--input", "in.npy", "--chains", "0"], "--chains"),
     (["--input", "in.npy", "--out", "o.txt"], "expected one of"),
 ])
 def test_cli_bad_input_exits_2_and_writes_nothing(digits, tmp_path, capsys, extra, msg, monkeypatch):

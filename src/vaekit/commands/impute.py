@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from ..apps.common import check_out, save_array, to_original_units
-from ..apps.impute import DEFAULT_METHOD, METHODS, check_method, impute, missing_mask
+from ..apps.impute import (
+    DEFAULT_CHAINS,
+    DEFAULT_METHOD,
+    METHODS,
+    check_method,
+    impute,
+    missing_mask,
+)
 from ..data.datasets import load_inputs
 from ..data.readers import IMAGE_EXTS, read_array, read_csv
 from ..errors import DataError, UsageError
@@ -33,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "shaped like one example or like the whole input")
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"{' | '.join(METHODS)} (default {DEFAULT_METHOD})")
     p.add_argument("--iters", type=int, default=None,
-                   help="chain steps (mwg, pseudo-gibbs) or importance samples (importance); default 1000")
+                   help="steps per chain (mwg, pseudo-gibbs; default 250) or importance samples (importance; default 1000)")
+    p.add_argument("--chains", type=int, default=DEFAULT_CHAINS,
+                   help=f"independent chains per example, averaged (mwg, pseudo-gibbs; default {DEFAULT_CHAINS})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
                    help="FILE.npy, .npz (key x) or .csv in the input's units, or .png (images: masked inputs "
@@ -96,6 +105,8 @@ def _write_csv(path: Path, a: np.ndarray, header: list[str] | None, labels: np.n
 
 def cmd_impute(args: argparse.Namespace) -> int:
     iters = check_method(args.method, args.iters)
+    if args.chains < 1:
+        raise UsageError(f"--chains must be >= 1, got {args.chains}")
     run = open_from_args(args)
     spec = run.spec
     allowed = (".npy", ".npz", ".csv", ".png") if spec.is_image else (".npy", ".npz", ".csv")
@@ -107,7 +118,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
     miss = missing_mask(s.x, mask)
     table = bool(run.source.get("standardize")) and not Path(args.input).expanduser().is_dir()
     raw = _raw_table(args.input, run.source) if table else None
-    filled = impute(run.model, s.x, miss, method=args.method, iters=iters, seed=args.seed)
+    filled = impute(run.model, s.x, miss, method=args.method, iters=iters, chains=args.chains,
+                    seed=args.seed)
     a = to_original_units(filled, run.source)
     if raw is not None:  # observed values exactly as the user wrote them (no round trip through float32)
         flat, obs = a.reshape(len(a), -1), ~miss.flatten(1).numpy()
@@ -128,8 +140,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
     rows = miss.flatten(1)
     res = {"out": str(out), "n": len(s.x), "missing_values": int(rows.sum()),
            "rows_with_missing": int(rows.any(1).sum()), "rows_all_missing": int(rows.all(1).sum()),
-           "method": args.method, "iters": iters, "seed": args.seed}
-    unit = "samples" if args.method == "importance" else "steps"
+           "method": args.method, "iters": iters, "chains": args.chains, "seed": args.seed}
+    unit = "samples" if args.method == "importance" else f"steps x {args.chains} chains"
     lines = [(f"imputed {res['missing_values']} missing values in {res['rows_with_missing']} of {res['n']} examples "
              f"({args.method}, {iters} {unit})")]
     lines.append(f"wrote {out}")
