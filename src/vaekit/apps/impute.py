@@ -17,7 +17,8 @@ step for a whole batch):
   VAE's encoder as the proposal).
 
 The returned fill is an estimate of the conditional mean E[x_mis | x_obs]: the decoder means
-E[x|z] averaged over the chain's draws after burn-in (Rao-Blackwellised), or importance-weighted.
+E[x|z] averaged over the draws after burn-in of several independent chains per example
+(Rao-Blackwellised), or importance-weighted.
 For Bernoulli models these are probabilities, for Gaussian ones the mean, in model units.
 """
 
