@@ -62,7 +62,7 @@ def row(run: Path) -> str:
     m, d = cfg["model"], cfg["data"]
     layers = 2 if m.get("latent_dim2") else 1
     k = m["k"] if m["model"] == "iwae" else 1
-    files = sorted(run.glob("nll-*.json"))
+    files = sorted(run.glob("nll-[0-9]*.json"))
     ev = json.loads(files[-1].read_text()) if files else {}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_s = sum(r.get("epoch_time_s", 0.0) for r in records)
