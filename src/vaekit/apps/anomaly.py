@@ -78,6 +78,9 @@ def crn_terms(model: Any, x: torch.Tensor, *, samples: int = 8, seed: int = 0,
     try:
         for i in range(0, len(x), batch_size):
             xb = torch.as_tensor(x[i:i + batch_size]).to(p.device, p.dtype)
+            if getattr(model.config, "latent_dim2", 0):  # two stochastic layers: no analytic KL, no
+                _mc_terms(model, xb, samples, seed + i, out)  # shared-eps shortcut; seeded per batch
+                continue
             mu, logvar = model.encoder(xb)
             std = torch.exp(0.5 * logvar)
             z = (mu.unsqueeze(0) + std.unsqueeze(0) * eps[:, None, :]).reshape(-1, mu.shape[-1])  # (K*B, D)
@@ -95,6 +98,20 @@ def crn_terms(model: Any, x: torch.Tensor, *, samples: int = 8, seed: int = 0,
            for k, vs in out.items()}
     res["elbo"] = res["recon"] + res["kl"]
     return res
+
+
+def _mc_terms(model: Any, xb: torch.Tensor, samples: int, seed: int, out: dict[str, list[torch.Tensor]]) -> None:
+    """``crn_terms`` for models with a second stochastic layer, from the model's own importance
+    weights (k, B) under a seeded RNG: recon = mean_k -log p(x|z1_k), KL the Monte Carlo
+    mean_k log q(z1, z2|x) - log p(z1, z2), nll = -log mean_k w_k."""
+    with torch.random.fork_rng(devices=[xb.device] if xb.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        log_px, log_p, log_q = model.log_weight_terms(xb, samples)
+    log_w = log_px + log_p - log_q
+    out["recon"].append(-log_px.mean(0))
+    out["kl"].append((log_q - log_p).mean(0))
+    out["nll"].append(-(torch.logsumexp(log_w, 0) - math.log(samples)))
+    out["entropy"].append(bernoulli_entropy(xb) if _is_bernoulli(model) else torch.zeros(len(xb), device=xb.device))
 
 
 def _is_bernoulli(model: Any) -> bool:

@@ -109,6 +109,11 @@ def impute(model: Any, x: torch.Tensor, mask: Any = None, *, method: str = DEFAU
     entries an estimate of E[x_mis | x_obs] (decoder means: probabilities for Bernoulli models).
     """
     steps = check_method(method, iters)
+    if method != "pseudo-gibbs" and getattr(model.config, "latent_dim2", 0):
+        # MWG's acceptance ratio and the importance weights need p(z1) in closed form; with a
+        # second stochastic layer it is an integral over z2.
+        raise UsageError(f"--method {method} needs a model with one stochastic layer (p(z) in closed form); "
+                         "this run has two: use --method pseudo-gibbs")
     burn = steps // 2 if burn_in is None else int(burn_in)
     if not 0 <= burn < steps:
         raise UsageError(f"burn_in must be in [0, iters), got {burn_in} with iters {steps}")

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="missing positions for every example: a greyscale image the size of the model's images "
                         "(white, >= 0.5, = missing; black = observed), or a .npy/.npz of 0/1 (1 = missing) "
                         "shaped like one example or like the whole input")
-    p.add_argument("--method", default=DEFAULT_METHOD, help=f"{' | '.join(METHODS)} (default {DEFAULT_METHOD})")
+    p.add_argument("--method", default=None, help=f"{' | '.join(METHODS)} (default {DEFAULT_METHOD}; pseudo-gibbs "
+                                                  "for models with two stochastic layers)")
     p.add_argument("--iters", type=int, default=None,
                    help="steps per chain (mwg, pseudo-gibbs; default 250) or importance samples (importance; default 1000)")
     p.add_argument("--chains", type=int, default=DEFAULT_CHAINS,
@@ -104,10 +105,13 @@ def _write_csv(path: Path, a: np.ndarray, header: list[str] | None, labels: np.n
 
 
 def cmd_impute(args: argparse.Namespace) -> int:
-    iters = check_method(args.method, args.iters)
+    iters = check_method(args.method or DEFAULT_METHOD, args.iters)
     if args.chains < 1:
         raise UsageError(f"--chains must be >= 1, got {args.chains}")
     run = open_from_args(args)
+    if args.method is None:  # MWG needs p(z) in closed form: one stochastic layer
+        args.method = "pseudo-gibbs" if getattr(run.model.config, "latent_dim2", 0) else DEFAULT_METHOD
+        iters = check_method(args.method, args.iters)
     spec = run.spec
     allowed = (".npy", ".npz", ".csv", ".png") if spec.is_image else (".npy", ".npz", ".csv")
     out = check_out(args.out or run.dir / ("imputed.npy" if spec.is_image else "imputed.csv"), allowed)
