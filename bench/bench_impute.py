@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--table-epochs", type=int, default=200)
     ap.add_argument("--table-hidden", type=ints, default=[128, 128])
     ap.add_argument("--table-latent", type=int, default=8)
-    ap.add_argument("--methods", default="mwg:250,importance:1000,pseudo-gibbs:250")
+    ap.add_argument("--methods", default="hmc:100,mwg:250,importance:1000,pseudo-gibbs:250")
     ap.add_argument("--only", choices=["mnist", "table"], default=None)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()

@@ -85,10 +85,57 @@ def test_missing_mask_shapes_and_bad_arguments(digits):
     assert missing_mask(xs, np.zeros((4, 1, 8, 8))).sum() == 0
     with pytest.raises(DataError, match="mask has shape"):
         missing_mask(xs, np.zeros((3, 3)))
-    with pytest.raises(UsageError, match="valid: mwg"):
+    with pytest.raises(UsageError, match="valid: hmc"):
         impute(run.model, xs, method="gibbs")
     with pytest.raises(UsageError, match="--iters"):
         impute(run.model, xs, iters=0)
+    with pytest.raises(UsageError, match="--leapfrog"):
+        impute(run.model, xs, leapfrog=0)
+
+
+def linear_gaussian_model(d=6, latent=2, sigma=0.5, seed=0):
+    """A VAE whose decoder is linear and likelihood Gaussian with fixed sigma: p(z | x_obs) and
+    E[x_mis | x_obs] are then known in closed form (probabilistic PCA)."""
+    from torch import nn
+
+    from vaekit.data.spec import DataSpec
+    from vaekit.models.base import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(hidden=[8], latent_dim=latent, likelihood="gaussian-fixed",
+                                    extra={"likelihood_args": {"sigma": sigma}}), DataSpec((d,), "continuous"))
+
+    class Linear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(latent, d)
+            with torch.no_grad():
+                self.lin.weight.mul_(4.0)  # an informative posterior, far from the prior
+
+        def forward(self, z):
+            return self.lin(z).view(z.shape[0], 1, d)
+
+    model.decoder = Linear()
+    return model.eval()
+
+
+def test_hmc_matches_the_closed_form_conditional_mean():
+    """The encoder here is untrained, so only a sampler that does not lean on it can get this right
+    (MWG's proposals come from the encoder: 0.16 off here)."""
+    model = linear_gaussian_model()
+    w, b = model.decoder.lin.weight.detach().double(), model.decoder.lin.bias.detach().double()
+    sigma = float(model.likelihood.sigma)
+    x = (torch.randn(5, 2).double() @ w.T + b + sigma * torch.randn(5, 6).double()).float()
+    miss = torch.zeros(5, 6, dtype=torch.bool)
+    miss[:, 3:] = True
+    o = ~miss[0]
+    cov = torch.linalg.inv(torch.eye(2, dtype=torch.float64) + w[o].T @ w[o] / sigma ** 2)
+    post_mean = (x.double()[:, o] - b[o]) @ w[o] @ cov / sigma ** 2
+    truth = post_mean @ w[~o].T + b[~o]
+    assert (truth - b[~o]).abs().max() > 1.0  # the answer is far from the prior's
+    filled = impute(model, torch.where(miss, float("nan"), x), method="hmc", chains=64, iters=200, seed=0)
+    assert (filled[:, 3:].double() - truth).abs().max() < 0.1
+    assert torch.equal(filled[:, :3], x[:, :3])
 
 
 def test_load_inputs_refuses_nan_unless_asked(table):
@@ -159,6 +206,7 @@ def test_cli_images_npy_and_mask_image(digits, tmp_path, capsys):
     (["--input", "in.npy", "--method", "em"], "valid"),
     (["--input", "in.npy", "--iters", "-3"], "--iters"),
     (["--input", "in.npy", "--chains", "0"], "--chains"),
+    (["--input", "in.npy", "--leapfrog", "0"], "--leapfrog"),
     (["--input", "in.npy", "--out", "o.txt"], "expected one of"),
 ])
 def test_cli_bad_input_exits_2_and_writes_nothing(digits, tmp_path, capsys, extra, msg, monkeypatch):

@@ -1,5 +1,6 @@
 """Applications on a model with two stochastic layers: scores use the model's own (Monte Carlo)
-terms, and imputation methods that need p(z) in closed form refuse clearly."""
+terms, HMC imputation runs on (z1, z2) jointly, and imputation methods that need p(z) in closed form
+refuse clearly."""
 
 import numpy as np
 import pytest
@@ -34,8 +35,26 @@ def test_imputation_needs_a_closed_form_prior(two_layer):
     model, x = two_layer
     xm = x[:5].clone()
     xm.view(5, -1)[:, 32:] = float("nan")
-    with pytest.raises(UsageError, match="pseudo-gibbs"):
+    with pytest.raises(UsageError, match="hmc or pseudo-gibbs"):
         impute(model, xm, method="mwg", iters=4)
-    filled = impute(model, xm, method="pseudo-gibbs", iters=4, chains=2)
-    assert not torch.isnan(filled).any()
-    np.testing.assert_array_equal(filled.view(5, -1)[:, :32].numpy(), x[:5].view(5, -1)[:, :32].numpy())
+    for method in ("pseudo-gibbs", "hmc"):
+        filled = impute(model, xm, method=method, iters=4, chains=2)
+        assert not torch.isnan(filled).any()
+        np.testing.assert_array_equal(filled.view(5, -1)[:, :32].numpy(), x[:5].view(5, -1)[:, :32].numpy())
+
+
+def test_hmc_two_layer_state_and_target(two_layer):
+    """The HMC state is [z1, z2] and its log target is log p(z2) + log p(z1|z2) + log p(x_obs|z1)."""
+    from vaekit.apps.impute import _hmc_start, _log_joint
+
+    model, x = two_layer
+    obs = torch.ones_like(x[:4], dtype=torch.bool)
+    state = _hmc_start(model, x[:4])
+    assert state.shape == (4, 6 + 3)
+    lp, _ = _log_joint(model, state, x[:4], obs)
+    z1, z2 = state[:, :6], state[:, 6:]
+    pm, plv = model.decoder2(z2)
+    ref = (torch.distributions.Normal(0, 1).log_prob(z2).sum(-1)
+           + torch.distributions.Normal(pm, torch.exp(0.5 * plv)).log_prob(z1).sum(-1)
+           + model.likelihood.log_prob(model.decoder(z1), x[:4]))
+    torch.testing.assert_close(lp, ref, rtol=1e-4, atol=1e-3)

@@ -13,6 +13,8 @@ import torch
 from ..apps.common import check_out, save_array, to_original_units
 from ..apps.impute import (
     DEFAULT_CHAINS,
+    DEFAULT_ITERS,
+    DEFAULT_LEAPFROG,
     DEFAULT_METHOD,
     METHODS,
     check_method,
@@ -38,12 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="missing positions for every example: a greyscale image the size of the model's images "
                         "(white, >= 0.5, = missing; black = observed), or a .npy/.npz of 0/1 (1 = missing) "
                         "shaped like one example or like the whole input")
-    p.add_argument("--method", default=None, help=f"{' | '.join(METHODS)} (default {DEFAULT_METHOD}; pseudo-gibbs "
-                                                  "for models with two stochastic layers)")
+    p.add_argument("--method", default=DEFAULT_METHOD, metavar="|".join(METHODS),
+                   help=f"sampler (default {DEFAULT_METHOD}: Hamiltonian Monte Carlo on the latent variables)")
     p.add_argument("--iters", type=int, default=None,
-                   help="steps per chain (mwg, pseudo-gibbs; default 250) or importance samples (importance; default 1000)")
+                   help="steps per chain (" + ", ".join(f"{m} {n}" for m, n in DEFAULT_ITERS.items() if m != "importance")
+                        + f") or importance samples (importance; default {DEFAULT_ITERS['importance']})")
     p.add_argument("--chains", type=int, default=DEFAULT_CHAINS,
-                   help=f"independent chains per example, averaged (mwg, pseudo-gibbs; default {DEFAULT_CHAINS})")
+                   help=f"independent chains per example, averaged (all but importance; default {DEFAULT_CHAINS})")
+    p.add_argument("--leapfrog", type=int, default=DEFAULT_LEAPFROG,
+                   help=f"leapfrog steps per HMC trajectory (default {DEFAULT_LEAPFROG})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
                    help="FILE.npy, .npz (key x) or .csv in the input's units, or .png (images: masked inputs "
@@ -105,13 +110,15 @@ def _write_csv(path: Path, a: np.ndarray, header: list[str] | None, labels: np.n
 
 
 def cmd_impute(args: argparse.Namespace) -> int:
-    iters = check_method(args.method or DEFAULT_METHOD, args.iters)
+    iters = check_method(args.method, args.iters)
     if args.chains < 1:
         raise UsageError(f"--chains must be >= 1, got {args.chains}")
+    if args.leapfrog < 1:
+        raise UsageError(f"--leapfrog must be >= 1, got {args.leapfrog}")
     run = open_from_args(args)
-    if args.method is None:  # MWG needs p(z) in closed form: one stochastic layer
-        args.method = "pseudo-gibbs" if getattr(run.model.config, "latent_dim2", 0) else DEFAULT_METHOD
-        iters = check_method(args.method, args.iters)
+    if args.method in ("mwg", "importance") and getattr(run.model.config, "latent_dim2", 0):
+        raise UsageError(f"--method {args.method} needs a model with one stochastic layer (p(z) in closed form); "
+                         "this run has two: use --method hmc or pseudo-gibbs")
     spec = run.spec
     allowed = (".npy", ".npz", ".csv", ".png") if spec.is_image else (".npy", ".npz", ".csv")
     out = check_out(args.out or run.dir / ("imputed.npy" if spec.is_image else "imputed.csv"), allowed)
@@ -123,7 +130,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
     table = bool(run.source.get("standardize")) and not Path(args.input).expanduser().is_dir()
     raw = _raw_table(args.input, run.source) if table else None
     filled = impute(run.model, s.x, miss, method=args.method, iters=iters, chains=args.chains,
-                    seed=args.seed)
+                    seed=args.seed, leapfrog=args.leapfrog)
     a = to_original_units(filled, run.source)
     if raw is not None:  # observed values exactly as the user wrote them (no round trip through float32)
         flat, obs = a.reshape(len(a), -1), ~miss.flatten(1).numpy()
@@ -145,6 +152,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
     res = {"out": str(out), "n": len(s.x), "missing_values": int(rows.sum()),
            "rows_with_missing": int(rows.any(1).sum()), "rows_all_missing": int(rows.all(1).sum()),
            "method": args.method, "iters": iters, "chains": args.chains, "seed": args.seed}
+    if args.method == "hmc":
+        res["leapfrog"] = args.leapfrog
     unit = "samples" if args.method == "importance" else f"steps x {args.chains} chains"
     lines = [(f"imputed {res['missing_values']} missing values in {res['rows_with_missing']} of {res['n']} examples "
              f"({args.method}, {iters} {unit})")]
