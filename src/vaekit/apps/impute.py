@@ -55,6 +55,9 @@ DEFAULT_CHAINS = 8
 DEFAULT_LEAPFROG = 5  # leapfrog steps per HMC trajectory
 HMC_TARGET_ACCEPT = 0.7
 HMC_INIT_STEP = 0.05
+# HMC keeps the decoder's activations for the gradient: rows per pass are capped so that rows x
+# values per example stays under this (MNIST: all 4000 rows; 64x64 RGB images: ~320 rows).
+HMC_PASS_VALUES = 4_000_000
 ROUNDS = 2  # importance: the first round's estimate becomes the fill the second round's proposal sees
 CHUNK = 50  # importance samples per decoder pass (memory: batch * CHUNK examples)
 
@@ -148,7 +151,10 @@ def impute(model: Any, x: torch.Tensor, mask: Any = None, *, method: str = DEFAU
         start = model_mean(model, seed=None) if init is None else torch.as_tensor(init, dtype=torch.float32)
         start = torch.broadcast_to(start, x.shape)
         rows = miss.flatten(1).any(1).nonzero().flatten()  # only rows with something to fill
-        per = max(1, batch_size // reps)  # examples per pass
+        rows_per_pass = batch_size
+        if method == "hmc":
+            rows_per_pass = min(batch_size, max(1, HMC_PASS_VALUES // max(1, math.prod(x.shape[1:]))))
+        per = max(1, rows_per_pass // reps)  # examples per pass
         for i in range(0, len(rows), per):
             r = rows[i:i + per]
             xb, mb = x[r].to(model.device), miss[r].to(model.device)
