@@ -8,6 +8,7 @@ import torch
 
 from vaekit.apps.anomaly import (Correction, bernoulli_entropy, crn_terms, detect, excess_score, fit_correction,
                                  threshold_for)
+from cli_helpers import cli
 from vaekit.cli import main
 from vaekit.data.spec import DataSpec
 from vaekit.errors import UsageError
@@ -21,12 +22,6 @@ def run(tmp_path_factory):
     assert main(["train", "--data", "digits", "--epochs", "15", "--out", str(out), "--hidden", "64",
                  "--latent-dim", "4", "--quiet", "--seed", "0", "--device", "cpu"]) == 0
     return out
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_crn_terms_do_not_depend_on_the_batch():

@@ -6,15 +6,10 @@ import sys
 
 import pytest
 
+from cli_helpers import cli as run_cli
 from vaekit.cli import main
 
 TINY = ["--hidden", "32", "--latent-dim", "4", "--batch-size", "64", "--quiet"]
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_helpers import cli
 from vaekit.cli import main
 
 
@@ -16,12 +17,6 @@ def trained(tmp_path_factory):
     assert main(["train", "--data", "digits", "--epochs", "3", "--out", str(out), "--hidden", "32",
                  "--latent-dim", "3", "--quiet"]) == 0
     return out
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def listing(d):

@@ -11,7 +11,7 @@ from PIL import Image
 import vaekit
 from vaekit.apps.common import open_run
 from vaekit.apps.denoise import denoise, psnr
-from vaekit.cli import main
+from cli_helpers import cli
 from vaekit.errors import UsageError
 from vaekit.run import load_run_data
 
@@ -57,12 +57,6 @@ def test_steps_iterate_the_projection(digits):
 def test_psnr_values():
     a = torch.zeros(2, 4)
     assert torch.allclose(psnr(a, a + 0.1), torch.full((2,), 20.0, dtype=torch.float64))
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_writes_array_and_before_after_figure(digits, tmp_path, capsys):

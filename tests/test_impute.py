@@ -11,7 +11,7 @@ from PIL import Image
 import vaekit
 from vaekit.apps.common import open_run
 from vaekit.apps.impute import METHODS, impute, missing_mask
-from vaekit.cli import main
+from cli_helpers import cli
 from vaekit.data import load_inputs
 from vaekit.errors import DataError, UsageError
 from vaekit.run import load_run_data
@@ -149,12 +149,6 @@ def test_load_inputs_refuses_nan_unless_asked(table):
         load_inputs(str(folder / "holes.csv"), run.spec, run.source)
     s = load_inputs(str(folder / "holes.csv"), run.spec, run.source, allow_missing=True)
     assert torch.isnan(s.x[:2, 0]).all() and not torch.isnan(s.x[2:]).any() and not torch.isnan(s.x[:, 1:]).any()
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_csv_round_trip_in_original_units(table, tmp_path, capsys):

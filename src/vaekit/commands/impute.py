@@ -113,12 +113,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
     iters = check_method(args.method, args.iters)
     if args.chains < 1:
         raise UsageError(f"--chains must be >= 1, got {args.chains}")
-    if args.leapfrog < 1:
-        raise UsageError(f"--leapfrog must be >= 1, got {args.leapfrog}")
-    run = open_from_args(args)
-    if args.method in ("mwg", "importance") and getattr(run.model.config, "latent_dim2", 0):
-        raise UsageError(f"--method {args.method} needs a model with one stochastic layer (p(z) in closed form); "
-                         "this run has two: use --method hmc or pseudo-gibbs")
+    run = open_from_args(args)  # --leapfrog and a method the model cannot use: checked by impute()
     spec = run.spec
     allowed = (".npy", ".npz", ".csv", ".png") if spec.is_image else (".npy", ".npz", ".csv")
     out = check_out(args.out or run.dir / ("imputed.npy" if spec.is_image else "imputed.csv"), allowed)
