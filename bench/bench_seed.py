@@ -49,7 +49,7 @@ def train_seed(args: argparse.Namespace) -> dict:
         nonlocal train_s
         train_s += rec["epoch_time_s"]  # the training loop only; this evaluation is not counted
         with matmul_precision("highest"):  # evaluate in exact fp32 whatever the training precision
-            t = loss_terms(trainer.model, trainer.data.test.x, batch_size=1000, seed=123)
+            t = loss_terms(trainer.eval_model, trainer.data.test.x, batch_size=1000, seed=123)
         rows.append({"epoch": rec["epoch"] + 1, "samples_per_s": round(rec["samples_per_s"]),
                      "train_s_cumulative": round(train_s, 2), "test_neg_elbo": round(-t["elbo"], 2),
                      "test_kl": round(t["kl"], 2)})

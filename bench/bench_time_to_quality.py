@@ -54,7 +54,7 @@ def run_vaekit(args: argparse.Namespace) -> dict:
     def on_epoch(trainer, rec: dict) -> None:
         nonlocal train_s
         train_s += rec["epoch_time_s"]  # the training loop only
-        t = loss_terms(trainer.model, trainer.data.test.x, batch_size=1000, seed=123)
+        t = loss_terms(trainer.eval_model, trainer.data.test.x, batch_size=1000, seed=123)
         rows.append({"epoch": rec["epoch"] + 1, "train_s_cumulative": round(train_s, 2),
                      "test_neg_elbo": round(-t["elbo"], 3)})
         print("vaekit", json.dumps(rows[-1]), file=sys.stderr, flush=True)

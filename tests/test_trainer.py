@@ -12,6 +12,7 @@ from vaekit.data.datasets import Data, Split
 from vaekit.data.spec import DataSpec
 from vaekit.errors import CheckpointError, TrainingError, UsageError
 from vaekit.models import ModelConfig, build_model
+from vaekit.training.average import WeightAverage
 from vaekit.training.trainer import Trainer, lr_at
 
 
@@ -74,6 +75,8 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, dynamic, fast)
     t2.fit()
     for k, v in weights(ref.model).items():
         assert torch.equal(v, t2.model.state_dict()[k]), k
+    for k, v in weights(ref.eval_model).items():  # the weight average resumes too
+        assert torch.equal(v, t2.eval_model.state_dict()[k]), k
     rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     ref_rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
@@ -150,6 +153,8 @@ def test_bad_train_config():
         make_trainer(lr=-1.0)
     with pytest.raises(UsageError, match="device"):
         make_trainer(device="tpu")
+    with pytest.raises(UsageError, match="--weight-average"):
+        make_trainer(weight_average=1.0)
 
 
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
@@ -169,3 +174,56 @@ def test_checkpoint_from_another_model_is_rejected(tmp_path):
     t2 = Trainer(other, data, TrainConfig(epochs=1, device="cpu"), tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="another model"):
         t2.resume()
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_weight_average_follows_its_formula(every):
+    live = torch.nn.Linear(3, 2)
+    avg = WeightAverage(live, 0.9, every=every)
+    ref = [p.detach().clone() for p in live.parameters()]
+    g = torch.Generator().manual_seed(0)
+    m = 0
+    for n in range(12):
+        with torch.no_grad():
+            for p in live.parameters():
+                p.add_(torch.randn(p.shape, generator=g))
+        avg.update(n)
+        if (n + 1) % every == 0:
+            d = min(0.9**every, (1 + m) / (10 + m))
+            ref = [d * r + (1 - d) * p.detach() for r, p in zip(ref, live.parameters())]
+            m += 1
+    for r, a in zip(ref, avg.model.parameters()):
+        assert torch.allclose(r, a, atol=1e-6)
+    assert not torch.allclose(ref[0], live.weight)  # it is an average, not a copy
+    with pytest.raises(ValueError):
+        WeightAverage(live, 1.0)
+
+
+def test_the_average_is_validated_saved_and_returned(tmp_path):
+    from vaekit.metrics import loss_terms
+
+    t = make_trainer(tmp_path, epochs=3)
+    hist = t.fit()
+    assert t.eval_model is not t.model
+    best = load_file(str(tmp_path / "model.safetensors"))
+    assert hist[-1]["best_epoch"] == 2  # (the tiny problem improves every epoch)
+    for k, v in t.eval_model.state_dict().items():
+        assert torch.equal(best[k], v), k
+    assert not torch.equal(best["decoder.net.0.weight"], t.model.state_dict()["decoder.net.0.weight"])
+    val = loss_terms(t.eval_model, t.data.val.x, batch_size=t.cfg.eval_batch_size, seed=t.cfg.seed + 1)
+    assert hist[-1]["val_elbo"] == pytest.approx(val["elbo"])
+    last = load_file(str(tmp_path / "last.safetensors"))
+    assert torch.equal(last["model.decoder.net.0.weight"], t.model.state_dict()["decoder.net.0.weight"])
+    assert torch.equal(last["average.decoder.net.0.weight"], best["decoder.net.0.weight"])
+
+    off = make_trainer(tmp_path / "off", epochs=1, weight_average=0.0)
+    (tmp_path / "off").mkdir()
+    off.fit()
+    assert off.eval_model is off.model
+    assert not any(k.startswith("average.") for k in load_file(str(tmp_path / "off" / "last.safetensors")))
+    # a run saved without an average resumes with one that starts at its weights
+    t2 = make_trainer(tmp_path / "off", epochs=2)
+    t2.resume()
+    for k, v in t2.model.state_dict().items():
+        assert torch.equal(v, t2.eval_model.state_dict()[k]), k
+    t2.fit()

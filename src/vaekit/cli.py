@@ -71,6 +71,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--patience", "patience", int, "early stopping after this many epochs without a better validation ELBO (0: off)"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "auto | cpu | cuda"),
+    ("--weight-average", "weight_average", _finite, "decay of the weight moving average that is evaluated and saved (0: off)"),
     ("--matmul-precision", "matmul_precision", str, "highest (fp32) | high | medium (bf16 matmuls on AMX CPUs)"),
     ("--iw-samples", "iw_samples", int, "importance samples for the final test NLL (0: skip)"),
 ]

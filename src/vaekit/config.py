@@ -44,6 +44,8 @@ class TrainConfig:
     marginal (mean image). fast_path: use the hand-derived training step for MLP VAEs (same
     gradients as autograd, fewer operations). matmul_precision: "highest" is exact fp32; "medium" lets
     float32 matrix multiplies run in bfloat16 on CPUs with AMX (and TF32/bf16 on GPUs).
+    weight_average: decay of the moving average of the weights that is validated, saved and
+    returned (about the last 1 / (1 - decay) steps); 0 uses the raw weights.
     """
 
     epochs: int = 10
@@ -65,6 +67,7 @@ class TrainConfig:
     iw_samples: int = 0
     data_init: bool = True
     fast_path: bool = True
+    weight_average: float = 0.995
 
 
 @dataclass

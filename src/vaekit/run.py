@@ -128,10 +128,10 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
             trainer.resume()
         _write_config(run_dir, cfg, model, d)
     history = trainer.fit()
-    run = Run(run_dir, trainer.model, cfg, history, data=d)
+    run = Run(run_dir, trainer.eval_model, cfg, history, data=d)
     if run_dir is not None:
         if not (run_dir / "model.safetensors").exists():  # validation never finite: keep the last weights
-            save_tensors(run_dir / "model.safetensors", trainer.model.state_dict())
+            save_tensors(run_dir / "model.safetensors", trainer.eval_model.state_dict())
         run.model = load(run_dir, device=str(trainer.device))
     if evaluate_test:
         from .report import finish_run

@@ -117,12 +117,15 @@ class _VAEBase(BaseEstimator):
         t = torch.from_numpy(Z.astype(np.float32))
         tr, va = t[perm[n_val:]], t[perm[:n_val]]
         cfg = TrainConfig(epochs=self.sizes_["epochs"], batch_size=self.sizes_["batch_size"], lr=float(self.learning_rate),
-                          patience=sizes["patience"] if n_val else 0, seed=seed, device=self.device)
+                          patience=sizes["patience"] if n_val else 0, seed=seed, device=self.device,
+                          # raw weights: averaging them gave no gain on the ODDS tables (0.8056 vs 0.8074
+                          # mean AUROC, within seed noise) and the defaults were chosen without it
+                          weight_average=0.0)
         best: dict[str, Any] = {}
 
         def keep_best(trainer: Trainer, rec: dict[str, Any]) -> None:
             if rec["best_epoch"] == rec["epoch"]:
-                best["state"] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+                best["state"] = {k: v.detach().clone() for k, v in trainer.eval_model.state_dict().items()}
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

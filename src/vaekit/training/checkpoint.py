@@ -19,17 +19,23 @@ from ..io import save_tensors
 from .optim import Adam
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, opt: Adam, rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    """Write model weights, optimizer state, RNG states and JSON ``state`` to one file atomically."""
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: Adam, rng: dict[str, torch.Tensor], state: dict[str, Any],
+                    average: torch.nn.Module | None = None) -> None:
+    """Write model weights, optimizer state, RNG states, the weight average (if any) and JSON
+    ``state`` to one file atomically."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors.update({f"average.{k}": v for k, v in average.state_dict().items()})
     tensors.update({f"optim.{k}": v for k, v in opt.state_tensors().items()})
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
     meta = {"trainer_state": json.dumps(state), "format": "vaekit-checkpoint-1"}
     save_tensors(path, tensors, meta)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt: Adam) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Restore ``model`` and ``opt`` in place; return (rng states, trainer state)."""
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: Adam,
+                    average: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+    """Restore ``model``, ``opt`` and ``average`` in place; return (rng states, trainer state,
+    whether the checkpoint held a weight average; without one ``average`` is left as it is)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -46,8 +52,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: Adam) -> tuple[dict
         opt.load_state_tensors({k[6:]: v for k, v in tensors.items() if k.startswith("optim.")})
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}; was it saved by another model?") from None
+    avg = {k[8:]: v for k, v in tensors.items() if k.startswith("average.")}
+    if average is not None and avg:
+        load_weights(average, avg, str(path))
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
-    return rng, json.loads(meta["trainer_state"])
+    return rng, json.loads(meta["trainer_state"]), bool(avg)
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:

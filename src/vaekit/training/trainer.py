@@ -22,6 +22,7 @@ from ..errors import TrainingError, UsageError
 from ..functional.schedules import SCHEDULES, kl_weight_at
 from ..io import save_tensors, write_text
 from ..metrics import loss_terms
+from .average import WeightAverage
 from .checkpoint import load_checkpoint, save_checkpoint
 from .fastpath import FastStep, supports
 from .memory import keep_freed_memory
@@ -54,6 +55,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"unknown KL schedule {cfg.kl_schedule!r}; valid: {', '.join(SCHEDULES)}")
     if cfg.matmul_precision not in PRECISIONS:
         raise UsageError(f"unknown matmul precision {cfg.matmul_precision!r}; valid: {', '.join(PRECISIONS)}")
+    if not 0.0 <= cfg.weight_average < 1.0:
+        raise UsageError(f"--weight-average must be in [0, 1) (0: off), got {cfg.weight_average}")
     if cfg.kl_warmup < 0 or cfg.grad_clip < 0 or cfg.patience < 0 or cfg.iw_samples < 0:
         raise UsageError("--kl-warmup, --grad-clip, --patience and --iw-samples must be >= 0")
 
@@ -84,6 +87,10 @@ class Trainer:
     With ``run_dir`` it writes ``metrics.jsonl``, ``model.safetensors`` (best validation ELBO)
     and ``last.safetensors`` (everything needed to resume). Each callback is called as
     ``cb(trainer, record)`` after an epoch is logged and checkpointed.
+
+    ``model`` holds the weights the optimizer steps; ``eval_model`` the weights that are
+    validated, saved as best and returned: their moving average when ``cfg.weight_average`` > 0
+    (see ``average.py``), else ``model`` itself.
     """
 
     def __init__(self, model: torch.nn.Module, data: Data, cfg: TrainConfig, run_dir: Path | None = None,
@@ -107,6 +114,8 @@ class Trainer:
             self.model.init_from_data(self.train_x[:10000])
         # The hand-derived step where it applies (same loss and gradients as autograd).
         # With matmul_precision "medium" its matmuls run on bfloat16 copies (AMX on recent CPUs).
+        self.average = WeightAverage(self.model, cfg.weight_average) if cfg.weight_average > 0 else None
+        self.eval_model = self.average.model if self.average is not None else self.model
         low = torch.bfloat16 if cfg.matmul_precision == "medium" else None
         self.fast = FastStep(self.model, matmul_dtype=low) if cfg.fast_path and supports(self.model) else None
         self._found_inf = torch.zeros(1, device=self.device)
@@ -122,12 +131,16 @@ class Trainer:
     def _save(self) -> None:
         if self.run_dir is None:
             return
-        save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, self._rng_state(), self.state)
+        save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, self._rng_state(), self.state,
+                        self.average.model if self.average is not None else None)
 
     def resume(self) -> None:
         """Restore model, optimizer, RNGs, counters and metrics from ``run_dir/last.safetensors``."""
         assert self.run_dir is not None
-        rng, self.state = load_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt)
+        avg = self.average.model if self.average is not None else None
+        rng, self.state, had_average = load_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, avg)
+        if self.average is not None and not had_average:  # a run saved before averaging existed
+            self.average.reset()
         torch.set_rng_state(rng["torch"])
         self.gen.set_state(rng["data"])
         if "cuda" in rng and self.device.type == "cuda":
@@ -200,6 +213,8 @@ class Trainer:
                 continue
             bad_run = 0
             self.opt.step()
+            if self.average is not None:
+                self.average.update(self.state["step"])
             self.state["step"] += 1
             terms.append((out["loss"].detach(), out["elbo"], out["recon"], out["kl"]))
             sizes.append(len(xb))
@@ -226,8 +241,10 @@ class Trainer:
                 self.opt.lr = lr_at(cfg, epoch)
                 rec = {"epoch": epoch, "step": 0, "lr": lr_at(cfg, epoch)}
                 rec.update(self._train_epoch(epoch))
+                if self.average is not None:
+                    self.average.sync_buffers()
                 if len(self.data.val):  # with no validation split the last epoch counts as best
-                    val = loss_terms(self.model, self.data.val.x, batch_size=cfg.eval_batch_size, seed=cfg.seed + 1)
+                    val = loss_terms(self.eval_model, self.data.val.x, batch_size=cfg.eval_batch_size, seed=cfg.seed + 1)
                     rec.update({f"val_{k}": v for k, v in val.items()})
                 rec["step"], rec["skipped_steps"] = self.state["step"], self.state["skipped_steps"]
                 self._end_epoch(epoch, rec)
@@ -242,7 +259,7 @@ class Trainer:
         if improved:
             st.update(best_val_elbo=val_elbo, best_epoch=epoch, since_best=0)
             if self.run_dir is not None:
-                save_tensors(self.run_dir / "model.safetensors", self.model.state_dict())
+                save_tensors(self.run_dir / "model.safetensors", self.eval_model.state_dict())
         else:
             st["since_best"] += 1
         st["epoch"] = epoch + 1
