@@ -142,6 +142,12 @@ def test_map_2d_methods():
     pca, label = map_2d(z)
     assert pca.shape == (60, 2) and "PCA" in label
     assert abs(np.corrcoef(pca[:, 0], z[:, 0])[0, 1]) > 0.95  # the first axis is the big direction
+    from sklearn.decomposition import PCA
+
+    ref = PCA(n_components=2).fit(z)
+    assert np.allclose(np.abs(pca), np.abs(ref.transform(z)), atol=1e-8)  # the same projection, up to sign
+    assert f"{100 * ref.explained_variance_ratio_.sum():.0f}% of variance" in label
+    assert np.allclose(map_2d(-z)[0], -map_2d(z)[0])  # axes signed by their loadings, not by the data
     assert map_2d(z, method="tsne")[0].shape == (60, 2)
     assert map_2d(z[:, :1])[0].shape == (60, 2)
     with pytest.raises(UsageError):

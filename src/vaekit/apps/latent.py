@@ -129,8 +129,10 @@ def edit(model: Any, x: torch.Tensor, vector: torch.Tensor, strengths: Sequence[
 def map_2d(z: np.ndarray | torch.Tensor, *, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, str]:
     """Latents (N, D) -> 2-D coordinates (N, 2) for plotting, and axis description.
 
-    D <= 2 is shown as is (D = 1 against zero); otherwise PCA (scikit-learn, with the explained
-    variance in the description) or t-SNE (``method="tsne"``, perplexity adapted to small N).
+    D <= 2 is shown as is (D = 1 against zero); otherwise PCA (a thin SVD of the centred latents,
+    each axis signed so its largest loading is positive, with the explained variance in the
+    description; importing scikit-learn for it would cost more than a second of every training
+    run's report) or t-SNE (scikit-learn, ``method="tsne"``, perplexity adapted to small N).
     """
     a = np.asarray(z, dtype=np.float64)
     n, d = a.shape
@@ -139,11 +141,11 @@ def map_2d(z: np.ndarray | torch.Tensor, *, method: str = "pca", seed: int = 0) 
     if d == 2:
         return a, "z1 / z2"
     if method == "pca" or n < 5:
-        from sklearn.decomposition import PCA
-
-        pca = PCA(n_components=2, random_state=seed).fit(a)
-        ev = pca.explained_variance_ratio_
-        return pca.transform(a), f"PCA of {d}-D posterior means ({100 * ev.sum():.0f}% of variance)"
+        c = a - a.mean(0)
+        _, sv, vt = np.linalg.svd(c, full_matrices=False)
+        axes = vt[:2] * np.sign(vt[:2][np.arange(2), np.abs(vt[:2]).argmax(1)])[:, None]
+        share = float((sv[:2] ** 2).sum() / max((sv**2).sum(), 1e-300))
+        return c @ axes.T, f"PCA of {d}-D posterior means ({100 * share:.0f}% of variance)"
     if method == "tsne":
         from sklearn.manifold import TSNE
 
