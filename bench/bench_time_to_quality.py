@@ -8,7 +8,8 @@ Model: the seed model, MLP 784-400-20 (ReLU), Bernoulli likelihood on grey-level
 not binarized), all 60,000 training images (no validation split), CPU.
 - vaekit: its best settings for this race (chosen by trying, see bench/results/time_to_quality.md):
   Adam lr 3e-3 with a cosine decay over ``--vaekit-epochs`` to 1% of it, batch 128, data-dependent
-  decoder-bias init and the hand-derived fast step (vaekit's defaults).
+  decoder-bias init, the hand-derived fast step and the evaluated weights being the moving average
+  of the trained ones (vaekit's defaults).
 - pythae: the seed tutorial's settings, Adam 1e-3, batch 128 (``bench/pythae_baseline.py``, run in
   its own venv bench/.envs/pythae, created on first use), stopped at the target or after
   ``--pythae-max-epochs``.
