@@ -1,7 +1,7 @@
 """Time one IWAE training step (loss, backward, Adam) on MNIST-sized data, autograd path.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_iwae_step.py [--k 50] [--batch 100] [--layers 1|2]
-        [--steps 30] [--glibc-default] [--profile]
+        [--steps 30] [--precision highest|medium] [--glibc-default] [--profile]
 
 Architecture: Burda et al. 2015 (tanh, Bernoulli): 1 layer 784-200-200-50; 2 layers adds
 [100, 100] -> z2 (50) on z1 (100). Random binary data (the timing does not depend on the
@@ -36,6 +36,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--layers", type=int, default=1, choices=[1, 2])
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--precision", default="highest", choices=["highest", "high", "medium"],
+                   help="torch float32 matmul precision (medium: bfloat16 matmuls on AMX CPUs)")
     p.add_argument("--glibc-default", action="store_true", help="leave malloc as it is (no keep_freed_memory)")
     p.add_argument("--profile", action="store_true")
     a = p.parse_args()
@@ -43,6 +45,7 @@ def main() -> None:
         from vaekit.training.memory import keep_freed_memory
 
         keep_freed_memory()
+    torch.set_float32_matmul_precision(a.precision)
     torch.manual_seed(0)
     m = build(a.layers, a.k)
     from vaekit.training.optim import Adam
@@ -66,6 +69,7 @@ def main() -> None:
         cpu.append(time.process_time() - c0)
     med = statistics.median(times)
     print(json.dumps({"layers": a.layers, "k": a.k, "batch": a.batch, "threads": torch.get_num_threads(),
+                      "precision": a.precision,
                       "median_step_s": round(med, 4), "mean_step_s": round(statistics.mean(times), 4),
                       "median_cpu_step_s": round(statistics.median(cpu), 4),
                       "epoch_s_60k": round(med * 60000 / a.batch, 1)}))

@@ -108,10 +108,11 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
         if run_dir is None:
             raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
         cfg, _, _ = read_config(run_dir)
-        extra = set(options) - {"epochs", "device", "data_dir", "patience"}
+        extra = set(options) - {"epochs", "device", "data_dir", "patience", "matmul_precision"}
         if extra or data not in (None, cfg.data.source):
             raise UsageError(f"--resume continues {run_dir} with its saved settings; only --epochs, --device, "
-                             f"--data-dir and --patience may change (got {sorted(extra) or ['--data']})")
+                             f"--data-dir, --patience and --matmul-precision may change "
+                             f"(got {sorted(extra) or ['--data']})")
         cfg = make_config(None, base=cfg, **options)
     else:
         cfg = make_config(config_file, **({"source": data} if data is not None else {}), **options)
