@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError, UsageError
+from ..functional.kl import gaussian_log_prob
 from .generate import seeded
 
 METHODS = ("hmc", "mwg", "importance", "pseudo-gibbs")
@@ -178,11 +179,6 @@ def _log_px_obs(model: Any, params: torch.Tensor, x: torch.Tensor, obs: torch.Te
     return torch.where(obs, lp, torch.zeros_like(lp)).flatten(1).sum(1)
 
 
-def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, exp(logvar)) summed over the last dim."""
-    return (-0.5 * (z - mu) ** 2 * torch.exp(-logvar) - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
 def _chain(model: Any, x: torch.Tensor, miss: torch.Tensor, steps: int, burn: int, *, mh: bool) -> torch.Tensor:
     """Pseudo-Gibbs (mh=False) or Metropolis-within-Gibbs (mh=True) over a batch. x: (B, *shape)
     filled; returns the mean of E[x|z_t] over the kept steps t >= burn, (B, *shape)."""
@@ -199,7 +195,7 @@ def _chain(model: Any, x: torch.Tensor, miss: torch.Tensor, steps: int, burn: in
             if z is None:  # the first draw starts the chain
                 z, params, lw_old = z_new, params_new, lw_new
             else:
-                log_rho = (lw_new - _log_normal(z_new, mu, logvar)) - (lw_old - _log_normal(z, mu, logvar))
+                log_rho = (lw_new - gaussian_log_prob(z_new, mu, logvar).sum(-1)) - (lw_old - gaussian_log_prob(z, mu, logvar).sum(-1))
                 accept = torch.log(torch.rand_like(log_rho)) < log_rho  # (B,)
                 z = torch.where(accept[:, None], z_new, z)
                 params = torch.where(accept.view(-1, *[1] * (params.dim() - 1)), params_new, params)
@@ -229,7 +225,7 @@ def _importance(model: Any, x: torch.Tensor, miss: torch.Tensor, k: int) -> torc
             params = model.decoder(z.reshape(kc * b, -1))
             xk = x.expand(kc, *x.shape).reshape(kc * b, *shape)
             ok = obs.expand(kc, *obs.shape).reshape(kc * b, *shape)
-            log_w = (model.prior.log_prob(z) - _log_normal(z, mu, logvar)
+            log_w = (model.prior.log_prob(z) - gaussian_log_prob(z, mu, logvar).sum(-1)
                      + _log_px_obs(model, params, xk, ok).view(kc, b))  # (kc, B)
             new_top = torch.maximum(top, log_w.max(0).values)
             scale, w = torch.exp(top - new_top), torch.exp(log_w - new_top)  # (B,), (kc, B)
@@ -259,7 +255,7 @@ def _log_joint(model: Any, state: torch.Tensor, x: torch.Tensor, obs: torch.Tens
     if getattr(model, "latent_dim2", 0):
         z1, z2 = state[:, :d1], state[:, d1:]
         pm1, plv1 = model.decoder2(z2)
-        log_prior = model.prior.log_prob(z2) + _log_normal(z1, pm1, plv1)
+        log_prior = model.prior.log_prob(z2) + gaussian_log_prob(z1, pm1, plv1).sum(-1)
     else:
         z1, log_prior = state, model.prior.log_prob(state)
     params = model.decoder(z1)

@@ -111,9 +111,7 @@ def _write_csv(path: Path, a: np.ndarray, header: list[str] | None, labels: np.n
 
 def cmd_impute(args: argparse.Namespace) -> int:
     iters = check_method(args.method, args.iters)
-    if args.chains < 1:
-        raise UsageError(f"--chains must be >= 1, got {args.chains}")
-    run = open_from_args(args)  # --leapfrog and a method the model cannot use: checked by impute()
+    run = open_from_args(args)  # --chains, --leapfrog and a method the model cannot use: checked by impute()
     spec = run.spec
     allowed = (".npy", ".npz", ".csv", ".png") if spec.is_image else (".npy", ".npz", ".csv")
     out = check_out(args.out or run.dir / ("imputed.npy" if spec.is_image else "imputed.csv"), allowed)

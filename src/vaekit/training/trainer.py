@@ -112,10 +112,10 @@ class Trainer:
         self.train_x = data.train.x.to(self.device)
         if cfg.data_init:
             self.model.init_from_data(self.train_x[:10000])
-        # The hand-derived step where it applies (same loss and gradients as autograd).
-        # With matmul_precision "medium" its matmuls run on bfloat16 copies (AMX on recent CPUs).
         self.average = WeightAverage(self.model, cfg.weight_average) if cfg.weight_average > 0 else None
         self.eval_model = self.average.model if self.average is not None else self.model
+        # The hand-derived step where it applies (same loss and gradients as autograd).
+        # With matmul_precision "medium" its matmuls run on bfloat16 copies (AMX on recent CPUs).
         low = torch.bfloat16 if cfg.matmul_precision == "medium" else None
         self.fast = FastStep(self.model, matmul_dtype=low) if cfg.fast_path and supports(self.model) else None
         self._found_inf = torch.zeros(1, device=self.device)
