@@ -148,6 +148,8 @@ def test_map_2d_methods():
     assert np.allclose(np.abs(pca), np.abs(ref.transform(z)), atol=1e-8)  # the same projection, up to sign
     assert f"{100 * ref.explained_variance_ratio_.sum():.0f}% of variance" in label
     assert np.allclose(map_2d(-z)[0], -map_2d(z)[0])  # axes signed by their loadings, not by the data
+    one, _ = map_2d(z[:1])  # a single example is a point at the origin, not an error
+    assert one.shape == (1, 2) and np.allclose(one, 0)
     assert map_2d(z, method="tsne")[0].shape == (60, 2)
     assert map_2d(z[:, :1])[0].shape == (60, 2)
     with pytest.raises(UsageError):

@@ -143,9 +143,12 @@ def map_2d(z: np.ndarray | torch.Tensor, *, method: str = "pca", seed: int = 0) 
     if method == "pca" or n < 5:
         c = a - a.mean(0)
         _, sv, vt = np.linalg.svd(c, full_matrices=False)
-        axes = vt[:2] * np.sign(vt[:2][np.arange(2), np.abs(vt[:2]).argmax(1)])[:, None]
+        axes = vt[:2]  # fewer than 2 when N = 1: the missing axis is drawn at zero
+        axes = axes * np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]
         share = float((sv[:2] ** 2).sum() / max((sv**2).sum(), 1e-300))
-        return c @ axes.T, f"PCA of {d}-D posterior means ({100 * share:.0f}% of variance)"
+        coords = np.zeros((n, 2))
+        coords[:, :len(axes)] = c @ axes.T
+        return coords, f"PCA of {d}-D posterior means ({100 * share:.0f}% of variance)"
     if method == "tsne":
         from sklearn.manifold import TSNE
 
