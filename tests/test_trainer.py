@@ -26,10 +26,10 @@ def tiny_data(n=300, seed=0, dynamic=False):
     return Data(spec=spec, train=sp[0], val=sp[1], test=sp[2], source={"source": "tiny"}, dynamic_binarize=dynamic)
 
 
-def make_trainer(run_dir=None, epochs=4, **kw):
+def make_trainer(run_dir=None, epochs=4, model_kw=None, **kw):
     data = tiny_data(dynamic=kw.pop("dynamic", False))
     torch.manual_seed(0)
-    model = build_model(ModelConfig(hidden=[32], latent_dim=4), data.spec)
+    model = build_model(ModelConfig(hidden=[32], latent_dim=4, **(model_kw or {})), data.spec)
     kw.setdefault("device", "cpu")
     cfg = TrainConfig(epochs=epochs, batch_size=32, seed=0, **kw)
     return Trainer(model, data, cfg, run_dir, progress=False)
@@ -227,3 +227,44 @@ def test_the_average_is_validated_saved_and_returned(tmp_path):
     for k, v in t2.model.state_dict().items():
         assert torch.equal(v, t2.eval_model.state_dict()[k]), k
     t2.fit()
+
+
+def test_an_iwae_is_selected_by_its_k_sample_bound(tmp_path):
+    """An IWAE's best checkpoint follows the validation k-sample bound it trains on, not the
+    one-sample ELBO (which can fall while the bound rises); a VAE's follows the ELBO."""
+    t = make_trainer(tmp_path, epochs=2, model_kw=dict(model="iwae", k=5))
+    hist = t.fit()
+    assert all("val_iwae" in r for r in hist) and t.state["best_metric"] == "val_iwae"
+    assert hist[-1]["val_iwae"] > hist[-1]["val_elbo"]  # the 5-sample bound is the tighter one
+    # records where the two criteria disagree: the ELBO improves at epoch 3, the bound at epoch 2
+    top = t.state["best_val"]
+    for e, (elbo, bound, kept) in enumerate([(-5.0, 1.0, True), (-4.0, 2.0, True), (-3.0, 1.5, False)], start=2):
+        (tmp_path / "model.safetensors").unlink(missing_ok=True)
+        t._end_epoch(e, {"epoch": e, "train_elbo": top + elbo, "val_elbo": top + elbo, "val_iwae": top + bound})
+        assert (tmp_path / "model.safetensors").exists() == kept, e
+    assert t.state["best_epoch"] == 3 and t.state["best_val"] == top + 2.0 and t.state["since_best"] == 1
+
+    vae = make_trainer(tmp_path / "vae", epochs=1)
+    (tmp_path / "vae").mkdir()
+    rec = vae.fit()[-1]
+    assert "val_iwae" not in rec and vae.state["best_metric"] == "val_elbo"
+    assert vae.state["best_val"] == rec["val_elbo"]
+
+
+def test_a_checkpoint_from_before_the_named_criterion_resumes(tmp_path):
+    """Checkpoints saved before ``best_metric`` existed held "best_val_elbo"; such a run resumes,
+    and an IWAE's first epoch after it starts its best from the k-sample bound."""
+    from vaekit.training.checkpoint import load_checkpoint, save_checkpoint
+
+    t = make_trainer(tmp_path, epochs=1, model_kw=dict(model="iwae", k=5))
+    t.fit()
+    rng, state, _ = load_checkpoint(tmp_path / "last.safetensors", t.model, t.opt, t.eval_model)
+    state["best_val_elbo"] = -1e-3  # an ELBO better than any bound this model reaches
+    del state["best_val"], state["best_metric"]
+    save_checkpoint(tmp_path / "last.safetensors", t.model, t.opt, rng, state, t.eval_model)
+    t2 = make_trainer(tmp_path, epochs=2, model_kw=dict(model="iwae", k=5))
+    t2.resume()
+    assert t2.state["best_metric"] == "val_elbo" and t2.state["best_val"] == -1e-3
+    rec = t2.fit()[-1]
+    assert t2.state["best_metric"] == "val_iwae" and t2.state["best_epoch"] == 1
+    assert t2.state["best_val"] == rec["val_iwae"]

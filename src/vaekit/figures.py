@@ -235,7 +235,8 @@ def save_samples(path: PathLike, samples: Any, *, kind: str | None = None, refer
 
 # -- training curves and the latent space -----------------------------------------------------
 _CURVE_PANELS = (  # (title, y label, [(record key, legend label, sign)])
-    ("-ELBO", "-ELBO (nats per example)", [("train_elbo", "train", -1.0), ("val_elbo", "validation", -1.0)]),
+    ("-ELBO", "-ELBO (nats per example)", [("train_elbo", "train", -1.0), ("val_elbo", "validation", -1.0),
+                                            ("val_iwae", "validation, -(k-sample bound)", -1.0)]),
     ("Reconstruction", "-log p(x|z) (nats per example)", [("train_recon", "train", 1.0), ("val_recon", "validation", 1.0)]),
     ("KL(q(z|x) || p(z))", "KL (nats per example)", [("train_kl", "train", 1.0), ("val_kl", "validation", 1.0)]),
     ("KL weight (warm-up)", "weight on the KL term", [("kl_weight", "kl_weight", 1.0)]),
@@ -257,7 +258,8 @@ def _series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 def save_training_curves(path: PathLike, records: Sequence[dict]) -> Path:
     """Per-epoch curves from metrics.jsonl records: -ELBO, reconstruction and KL (train and
     validation, nats per example), the KL weight and throughput, each panel only when its keys
-    exist. The epoch with the best validation ELBO is marked."""
+    exist. The epoch kept as best is marked (the records' ``best_epoch``; without it, the best
+    validation ELBO)."""
     panels = [(t, yl, [(lab, *_series(records, k), s) for k, lab, s in keys if len(_series(records, k)[0])])
               for t, yl, keys in _CURVE_PANELS]
     panels = [p for p in panels if p[2]]
@@ -268,8 +270,12 @@ def save_training_curves(path: PathLike, records: Sequence[dict]) -> Path:
     if not panels:
         axes[0].text(0.5, 0.5, "no training records", ha="center", va="center")
         axes[0].set_axis_off()
-    bx, by = _series(records, "val_elbo")
-    best = float(bx[int(np.argmax(by))]) if len(by) else None
+    last = records[-1].get("best_epoch") if records else None
+    if isinstance(last, int) and last >= 0:
+        best: float | None = float(last + 1)  # epochs count from 0: the epoch completed
+    else:
+        bx, by = _series(records, "val_elbo")
+        best = float(bx[int(np.argmax(by))]) if len(by) else None
     for ax, (title, ylabel, lines) in zip(axes, panels):
         for label, xs, ys, sign in lines:
             ax.plot(xs, sign * ys, marker="o" if len(xs) < 30 else None, ms=3, label=label)

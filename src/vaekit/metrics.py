@@ -199,11 +199,12 @@ def _check_iw(iw_samples: int | None) -> None:
 # -- public API --------------------------------------------------------------------------------------
 def loss_terms(model: Any, x: torch.Tensor, *, batch_size: int = 1000, seed: int = 0) -> dict[str, float]:
     """Means over ``x`` of the model's own ``loss`` dict: "elbo", "recon", "kl" (nats per
-    example), weighted by example. Cheap enough for every epoch's validation; fixed noise given
+    example), and "iwae" (the k-sample bound the model trains on) for models that report it,
+    weighted by example. Cheap enough for every epoch's validation; fixed noise given
     ``seed``, so epochs compare fairly. RNG, modes and precision are restored as in ``evaluate``."""
     def fn(xb: torch.Tensor) -> dict[str, torch.Tensor]:
         out = model.loss(xb)
-        return {k: out[k].detach().reshape(1).expand(len(xb)) for k in ("elbo", "recon", "kl")}
+        return {k: out[k].detach().reshape(1).expand(len(xb)) for k in ("elbo", "recon", "kl", "iwae") if k in out}
 
     if len(x) == 0:
         raise ValueError("loss_terms needs at least one example")

@@ -59,7 +59,7 @@ def read_config(run_dir: str | Path) -> tuple[RunConfig, DataSpec, dict[str, Any
 def load(run_dir: str | Path, *, device: str = "cpu", which: str = "best") -> BaseModel:
     """Rebuild the trained model from a run directory, in eval mode.
 
-    which: "best" (``model.safetensors``, best validation ELBO) or "last" (the last epoch).
+    which: "best" (``model.safetensors``, best validation ELBO, or k-sample bound for an IWAE) or "last" (the last epoch).
     """
     cfg, spec, _ = read_config(run_dir)
     model = build_model(cfg.model, spec)

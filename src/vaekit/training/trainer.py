@@ -84,8 +84,8 @@ def matmul_precision(name: str) -> Iterator[None]:
 class Trainer:
     """Trains ``model`` on ``data.train``, validating on ``data.val`` every epoch.
 
-    With ``run_dir`` it writes ``metrics.jsonl``, ``model.safetensors`` (best validation ELBO)
-    and ``last.safetensors`` (everything needed to resume). Each callback is called as
+    With ``run_dir`` it writes ``metrics.jsonl``, ``model.safetensors`` (best validation ELBO;
+    for an IWAE its k-sample bound) and ``last.safetensors`` (everything needed to resume). Each callback is called as
     ``cb(trainer, record)`` after an epoch is logged and checkpointed.
 
     ``model`` holds the weights the optimizer steps; ``eval_model`` the weights that are
@@ -105,8 +105,10 @@ class Trainer:
         self.callbacks = callbacks or []
         self.opt = Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        self.state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val_elbo": -math.inf, "best_epoch": -1,
-                                      "since_best": 0, "skipped_steps": 0}
+        # best_val: the best validation value of best_metric ("val_iwae" for models trained on a
+        # k-sample bound, else "val_elbo"), the criterion for model.safetensors and patience.
+        self.state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val": -math.inf, "best_metric": None,
+                                      "best_epoch": -1, "since_best": 0, "skipped_steps": 0}
         self.history: list[dict[str, Any]] = []
         # The whole training set is moved to the device once; batches are slices of it.
         self.train_x = data.train.x.to(self.device)
@@ -139,6 +141,9 @@ class Trainer:
         assert self.run_dir is not None
         avg = self.average.model if self.average is not None else None
         rng, self.state, had_average = load_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, avg)
+        if "best_val_elbo" in self.state:  # saved before the criterion was named: it was the ELBO
+            self.state["best_val"] = self.state.pop("best_val_elbo")
+            self.state["best_metric"] = "val_elbo"
         if self.average is not None and not had_average:  # a run saved before averaging existed
             self.average.reset()
         torch.set_rng_state(rng["torch"])
@@ -254,10 +259,15 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, rec: dict[str, Any]) -> None:
         st = self.state
-        val_elbo = rec.get("val_elbo", rec["train_elbo"] if not len(self.data.val) else math.nan)
-        improved = math.isfinite(val_elbo) and (val_elbo > st["best_val_elbo"] or not len(self.data.val))
+        # An IWAE is selected by the bound it trains on (its one-sample ELBO can fall while the
+        # k-sample bound, and the likelihood, still rise); other models by the ELBO.
+        metric = "val_iwae" if "val_iwae" in rec else "val_elbo"
+        if st.get("best_metric") != metric:  # a new run, or one saved under the other criterion
+            st.update(best_val=-math.inf, best_metric=metric)
+        val = rec.get(metric, rec["train_elbo"] if not len(self.data.val) else math.nan)
+        improved = math.isfinite(val) and (val > st["best_val"] or not len(self.data.val))
         if improved:
-            st.update(best_val_elbo=val_elbo, best_epoch=epoch, since_best=0)
+            st.update(best_val=val, best_epoch=epoch, since_best=0)
             if self.run_dir is not None:
                 save_tensors(self.run_dir / "model.safetensors", self.eval_model.state_dict())
         else:
