@@ -1,7 +1,7 @@
 """Time one IWAE training step (loss, backward, Adam) on MNIST-sized data, autograd path.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_iwae_step.py [--k 50] [--batch 100] [--layers 1|2]
-        [--steps 30] [--precision highest|medium] [--glibc-default] [--profile]
+        [--steps 30] [--precision highest|medium] [--gradient-estimator reparam|dreg] [--glibc-default] [--profile]
 
 Architecture: Burda et al. 2015 (tanh, Bernoulli): 1 layer 784-200-200-50; 2 layers adds
 [100, 100] -> z2 (50) on z1 (100). Random binary data (the timing does not depend on the
@@ -21,11 +21,12 @@ import time
 import torch
 
 
-def build(layers: int, k: int):
+def build(layers: int, k: int, estimator: str = "reparam"):
     from vaekit.data.spec import DataSpec
     from vaekit.models import ModelConfig, build_model
 
-    kw = dict(model="iwae", k=k, hidden=[200, 200], activation="tanh", likelihood="bernoulli")
+    kw = dict(model="iwae", k=k, hidden=[200, 200], activation="tanh", likelihood="bernoulli",
+              gradient_estimator=estimator)
     kw.update(latent_dim=100, latent_dim2=50, hidden2=[100, 100]) if layers == 2 else kw.update(latent_dim=50)
     return build_model(ModelConfig(**kw), DataSpec((1, 28, 28), "binary"))
 
@@ -38,6 +39,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--precision", default="highest", choices=["highest", "high", "medium"],
                    help="torch float32 matmul precision (medium: bfloat16 matmuls on AMX CPUs)")
+    p.add_argument("--gradient-estimator", default="reparam", choices=["reparam", "dreg"])
     p.add_argument("--glibc-default", action="store_true", help="leave malloc as it is (no keep_freed_memory)")
     p.add_argument("--profile", action="store_true")
     a = p.parse_args()
@@ -47,7 +49,7 @@ def main() -> None:
         keep_freed_memory()
     torch.set_float32_matmul_precision(a.precision)
     torch.manual_seed(0)
-    m = build(a.layers, a.k)
+    m = build(a.layers, a.k, a.gradient_estimator)
     from vaekit.training.optim import Adam
 
     opt = Adam(m.parameters(), lr=1e-3)
@@ -69,7 +71,7 @@ def main() -> None:
         cpu.append(time.process_time() - c0)
     med = statistics.median(times)
     print(json.dumps({"layers": a.layers, "k": a.k, "batch": a.batch, "threads": torch.get_num_threads(),
-                      "precision": a.precision,
+                      "precision": a.precision, "gradient_estimator": a.gradient_estimator,
                       "median_step_s": round(med, 4), "mean_step_s": round(statistics.mean(times), 4),
                       "median_cpu_step_s": round(statistics.median(cpu), 4),
                       "epoch_s_60k": round(med * 60000 / a.batch, 1)}))

@@ -50,6 +50,8 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--label-column", "label_column", str, "CSV column holding labels"),
     ("--model", "model", str, "model: vae | iwae"),
     ("--k", "k", int, "importance samples per example in the IWAE training bound"),
+    ("--gradient-estimator", "gradient_estimator", str,
+     "IWAE gradient: reparam | dreg (doubly reparameterised: lower-variance encoder gradients)"),
     ("--arch", "arch", str, "mlp | conv"),
     ("--hidden", "hidden", _int_list, "hidden widths (mlp) or conv channels, e.g. 400 or 200,200"),
     ("--latent-dim", "latent_dim", int, "latent dimensions"),

@@ -108,10 +108,12 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
         if run_dir is None:
             raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
         cfg, _, _ = read_config(run_dir)
-        extra = set(options) - {"epochs", "device", "data_dir", "patience", "matmul_precision"}
+        # what may change: length, where and how fast it computes, and how the same objective's
+        # gradient is estimated (an IWAE's --gradient-estimator); never the model or the data
+        extra = set(options) - {"epochs", "device", "data_dir", "patience", "matmul_precision", "gradient_estimator"}
         if extra or data not in (None, cfg.data.source):
             raise UsageError(f"--resume continues {run_dir} with its saved settings; only --epochs, --device, "
-                             f"--data-dir, --patience and --matmul-precision may change "
+                             f"--data-dir, --patience, --matmul-precision and --gradient-estimator may change "
                              f"(got {sorted(extra) or ['--data']})")
         cfg = make_config(None, base=cfg, **options)
     else:

@@ -17,6 +17,8 @@ MODELS: Registry = Registry("model")
 #: Two-stochastic-layer variants by model name, used when ``latent_dim2`` > 0 (filled by
 #: ``models.hierarchical``; a model without an entry does not offer a second layer).
 TWO_LAYER: dict[str, type] = {}
+#: Gradient estimators of the IWAE bound (see ``ModelConfig.gradient_estimator``).
+GRADIENT_ESTIMATORS = ("reparam", "dreg")
 
 
 @dataclass
@@ -29,6 +31,10 @@ class ModelConfig:
     free_bits: minimum KL per latent dimension (nats, batch-averaged) below which the KL term
         gives no gradient (Kingma et al. 2016); 0 disables it.
     k: importance samples per example in the training bound of model "iwae" (unused by "vae").
+    gradient_estimator: how model "iwae" estimates the bound's gradient: "reparam" (the plain
+        reparameterisation gradient, as in Burda et al.) or "dreg" (doubly reparameterised
+        gradients, Tucker et al. 2019: the same expectation with lower variance for the encoder,
+        whose signal-to-noise ratio otherwise falls as k grows).
     latent_dim2: size of a second, top stochastic layer z2 (Burda et al. 2015's two-layer
         architecture: x -> z1 (latent_dim) -> z2 (latent_dim2), all conditionals diagonal
         Gaussians, p(z2) = N(0, I)); 0 (the default) means one stochastic layer.
@@ -46,6 +52,7 @@ class ModelConfig:
     beta: float = 1.0
     free_bits: float = 0.0
     k: int = 50
+    gradient_estimator: str = "reparam"
     latent_dim2: int = 0
     hidden2: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -75,6 +82,11 @@ class ModelConfig:
             raise UsageError(f"--hidden2 needs positive integers, got {cfg.hidden2}")
         if cfg.k < 1:
             raise UsageError(f"--k must be at least 1, got {cfg.k}")
+        if cfg.gradient_estimator not in GRADIENT_ESTIMATORS:
+            raise UsageError(f"--gradient-estimator must be one of {', '.join(GRADIENT_ESTIMATORS)}, "
+                             f"got {cfg.gradient_estimator!r}")
+        if cfg.gradient_estimator != "reparam" and cfg.model != "iwae":
+            raise UsageError(f"--gradient-estimator {cfg.gradient_estimator} is for --model iwae, not {cfg.model!r}")
         if cfg.beta < 0 or cfg.free_bits < 0:
             raise UsageError("--beta and --free-bits must be >= 0")
         return cfg

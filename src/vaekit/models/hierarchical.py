@@ -21,6 +21,7 @@ Choices, for applications and metrics:
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -61,10 +62,14 @@ class TwoLayerVAE(VAE):
         self.latent_dim2 = d2
 
     # -- the shared sampling pass ------------------------------------------------------------------
-    def _pass(self, x: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    def _pass(self, x: torch.Tensor, k: int, path: Callable[[torch.Tensor], torch.Tensor] | None = None
+              ) -> dict[str, torch.Tensor]:
         """k reparameterised draws (z1, z2) ~ q per example, all in one batch of k * B rows.
 
         Returns "log_px" (k, B), and per dimension "log_q", "log_p" (k, B, D1 + D2), nats.
+        ``path``: as in ``VAE.log_weight_terms``; every use of z1 and z2 in the log weights goes
+        through it (z2's construction from z1 does not, so each sample path is marked once), and
+        log q is evaluated with q's parameters detached but z1 -> q(z2|z1) kept.
         """
         mu1, lv1 = self.encoder(x)  # (B, D1)
         eps1 = torch.randn(k, *mu1.shape, device=mu1.device, dtype=mu1.dtype)
@@ -73,9 +78,17 @@ class TwoLayerVAE(VAE):
         mu2, lv2 = self.encoder2(z1f)  # (k * B, D2)
         eps2 = torch.randn_like(mu2)
         z2 = mu2 + torch.exp(0.5 * lv2) * eps2
-        pm1, plv1 = self.decoder2(z2)  # p(z1|z2): (k * B, D1)
         shape = (k, mu1.shape[0], -1)
-        log_q = torch.cat([_log_q_eps(eps1, lv1), _log_q_eps(eps2, lv2).view(shape)], -1)
+        if path is None:
+            log_q = torch.cat([_log_q_eps(eps1, lv1), _log_q_eps(eps2, lv2).view(shape)], -1)
+        else:
+            z1, z2 = path(z1), path(z2)
+            z1f = z1.reshape(-1, mu1.shape[-1])
+            frozen = {n: p.detach() for n, p in self.encoder2.named_parameters()}
+            mu2s, lv2s = torch.func.functional_call(self.encoder2, frozen, (z1f,))
+            log_q = torch.cat([gaussian_log_prob(z1, mu1.detach(), lv1.detach()),
+                               gaussian_log_prob(z2, mu2s, lv2s).view(shape)], -1)
+        pm1, plv1 = self.decoder2(z2)  # p(z1|z2): (k * B, D1)
         log_p = torch.cat([gaussian_log_prob(z1f, pm1, plv1).view(shape), standard_normal_log_prob(z2).view(shape)], -1)
         log_px = self.likelihood.log_prob_k(self.decoder(z1f), x)  # (k, B)
         return {"log_px": log_px, "log_q": log_q, "log_p": log_p}
@@ -105,10 +118,11 @@ class TwoLayerVAE(VAE):
         mu2, _ = self.encoder2(mu1)
         return {"recon": -t["log_px"][0], "kl": kl_d.sum(-1), "kl_dims": kl_d, "mu": torch.cat([mu1, mu2], -1)}
 
-    def log_weight_terms(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def log_weight_terms(self, x: torch.Tensor, k: int, path: Callable[[torch.Tensor], torch.Tensor] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log p(x|z1), log p(z1|z2) + log p(z2), log q(z1|x) + log q(z2|z1)), each (k, B), nats,
         for k draws from q(z1|x) q(z2|z1) (the importance proposal of ``log_weights``)."""
-        t = self._pass(x, k)
+        t = self._pass(x, k, path)
         return t["log_px"], t["log_p"].sum(-1), t["log_q"].sum(-1)
 
     # -- applications -----------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 from ..data.spec import DataSpec
+from ..functional.kl import gaussian_log_prob
 from ..modules.blocks import DECODERS, ENCODERS
 from ..modules.likelihoods import LIKELIHOODS
 from ..modules.priors import PRIORS
@@ -90,13 +92,23 @@ class VAE(BaseModel):
         log_px, log_p, log_q = self.log_weight_terms(x, k)
         return log_px + log_p - log_q
 
-    def log_weight_terms(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log p(x|z_k), log p(z_k), log q(z_k|x)), each (k, B), for k reparameterised samples."""
+    def log_weight_terms(self, x: torch.Tensor, k: int, path: Callable[[torch.Tensor], torch.Tensor] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log p(x|z_k), log p(z_k), log q(z_k|x)), each (k, B), for k reparameterised samples.
+
+        ``path`` (for doubly reparameterised gradients, see ``IWAE.loss``): every use of z goes
+        through ``path(z)``, and log q is evaluated with the encoder's outputs detached, so the
+        encoder receives gradient only along the sample path z = mu + sigma * eps.
+        """
         mu, logvar = self.encoder(x)
         std = torch.exp(0.5 * logvar)
         eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
         z = mu + std * eps  # (k, B, D)
-        log_q = (-0.5 * eps * eps - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(-1)
+        if path is None:
+            log_q = (-0.5 * eps * eps - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(-1)
+        else:
+            z = path(z)
+            log_q = gaussian_log_prob(z, mu.detach(), logvar.detach()).sum(-1)
         log_p = self.prior.log_prob(z)
         # x is broadcast against the k samples' decoder outputs, not copied k times
         log_px = self.likelihood.log_prob_k(self.decoder(z.reshape(-1, mu.shape[-1])), x)
