@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from vaekit.functional import gaussian_log_prob, iwae_bound, kl_normal_std_normal, kl_weight_at, log_mean_exp
+from vaekit.functional import gaussian_log_prob, gaussian_log_prob_at_eps, iwae_bound, kl_normal_std_normal, kl_weight_at, log_mean_exp
 from vaekit.functional.discretized import discretized_logistic_log_prob
 
 
@@ -28,6 +28,9 @@ def test_gaussian_log_prob_matches_scipy():
     x, mu, logvar = np.array([0.3, -2.0]), np.array([0.1, 1.0]), np.array([-1.0, 0.5])
     got = gaussian_log_prob(torch.tensor(x), torch.tensor(mu), torch.tensor(logvar)).numpy()
     want = stats.norm.logpdf(x, mu, np.exp(0.5 * logvar))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    eps = (x - mu) / np.exp(0.5 * logvar)  # the same points as reparameterised samples
+    got = gaussian_log_prob_at_eps(torch.tensor(eps), torch.tensor(logvar)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 

@@ -1,11 +1,12 @@
 """Layer 1: pure tensor math (KL terms, likelihood formulas, bounds, schedules). No modules, no I/O."""
 
 from .bounds import iwae_bound, log_mean_exp
-from .kl import gaussian_log_prob, kl_normal_std_normal, standard_normal_log_prob
+from .kl import gaussian_log_prob, gaussian_log_prob_at_eps, kl_normal_std_normal, standard_normal_log_prob
 from .schedules import kl_weight_at
 
 __all__ = [
     "gaussian_log_prob",
+    "gaussian_log_prob_at_eps",
     "iwae_bound",
     "kl_normal_std_normal",
     "kl_weight_at",

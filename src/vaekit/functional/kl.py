@@ -19,6 +19,12 @@ def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
     return -0.5 * (_LOG_2PI + logvar + (x - mu) ** 2 * torch.exp(-logvar))
 
 
+def gaussian_log_prob_at_eps(eps: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(mu + sigma * eps; mu, sigma^2) = -eps^2/2 - logvar/2 - log(2 pi)/2, in
+    nats: the density of a reparameterised sample from its noise (mu drops out)."""
+    return -0.5 * (_LOG_2PI + logvar + eps * eps)
+
+
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """Elementwise log N(z; 0, 1) in nats."""
     return -0.5 * (_LOG_2PI + z * z)

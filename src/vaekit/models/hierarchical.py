@@ -20,27 +20,18 @@ Choices, for applications and metrics:
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
 from ..data.spec import DataSpec
 from ..errors import UsageError
-from ..functional.kl import gaussian_log_prob, standard_normal_log_prob
+from ..functional.kl import gaussian_log_prob, gaussian_log_prob_at_eps, standard_normal_log_prob
 from ..modules.blocks import MLPEncoder
 from ..modules.priors import PRIORS, StandardNormalPrior
 from .base import TWO_LAYER, ModelConfig
 from .iwae import IWAE
 from .vae import VAE
-
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def _log_q_eps(eps: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Elementwise log N(mu + sigma * eps; mu, sigma^2) = -eps^2/2 - logvar/2 - log(2 pi)/2."""
-    return -0.5 * eps * eps - 0.5 * logvar - _HALF_LOG_2PI
-
 
 class TwoLayerVAE(VAE):
     """The VAE with a second stochastic layer; built by ``build_model`` when ``latent_dim2`` > 0.
@@ -80,7 +71,7 @@ class TwoLayerVAE(VAE):
         z2 = mu2 + torch.exp(0.5 * lv2) * eps2
         shape = (k, mu1.shape[0], -1)
         if path is None:
-            log_q = torch.cat([_log_q_eps(eps1, lv1), _log_q_eps(eps2, lv2).view(shape)], -1)
+            log_q = torch.cat([gaussian_log_prob_at_eps(eps1, lv1), gaussian_log_prob_at_eps(eps2, lv2).view(shape)], -1)
         else:
             z1, z2 = path(z1), path(z2)
             z1f = z1.reshape(-1, mu1.shape[-1])

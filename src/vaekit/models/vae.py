@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
 from ..data.spec import DataSpec
-from ..functional.kl import gaussian_log_prob
+from ..functional.kl import gaussian_log_prob, gaussian_log_prob_at_eps
 from ..modules.blocks import DECODERS, ENCODERS
 from ..modules.likelihoods import LIKELIHOODS
 from ..modules.priors import PRIORS
@@ -105,7 +104,7 @@ class VAE(BaseModel):
         eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
         z = mu + std * eps  # (k, B, D)
         if path is None:
-            log_q = (-0.5 * eps * eps - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(-1)
+            log_q = gaussian_log_prob_at_eps(eps, logvar).sum(-1)
         else:
             z = path(z)
             log_q = gaussian_log_prob(z, mu.detach(), logvar.detach()).sum(-1)
