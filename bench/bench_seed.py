@@ -40,7 +40,7 @@ def cpu_name() -> str:
 def train_seed(args: argparse.Namespace) -> dict:
     import vaekit
     from vaekit.metrics import loss_terms
-    from vaekit.training.trainer import matmul_precision
+    from vaekit.numerics import float_mode
 
     rows: list[dict] = []
     train_s = 0.0
@@ -48,7 +48,7 @@ def train_seed(args: argparse.Namespace) -> dict:
     def on_epoch(trainer, rec: dict) -> None:
         nonlocal train_s
         train_s += rec["epoch_time_s"]  # the training loop only; this evaluation is not counted
-        with matmul_precision("highest"):  # evaluate in exact fp32 whatever the training precision
+        with float_mode("highest"):  # evaluate in exact fp32 whatever the training precision
             t = loss_terms(trainer.eval_model, trainer.data.test.x, batch_size=1000, seed=123)
         rows.append({"epoch": rec["epoch"] + 1, "samples_per_s": round(rec["samples_per_s"]),
                      "train_s_cumulative": round(train_s, 2), "test_neg_elbo": round(-t["elbo"], 2),

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .numerics import float_mode
+
 __all__ = ["ACTIVE_UNIT_THRESHOLD", "chunked_log_mean_exp", "evaluate", "iw_chunk_rows", "per_example_scores"]
 
 #: Burda et al. (2015): latent dim d is active when Cov_x(E_q(z|x)[z_d]) exceeds this.
@@ -108,21 +110,18 @@ def _iw_log_px(model: Any, xb: torch.Tensor, k: int, rows: int) -> torch.Tensor:
 # -- the shared batched pass ---------------------------------------------------------------------
 @contextlib.contextmanager
 def _eval_context(model: torch.nn.Module, seed: int, matmul_precision: str | None) -> Iterator[None]:
-    """no_grad + eval mode + a private, seeded RNG; restores each submodule's mode, the caller's
-    RNG state and the matmul precision afterwards (also on errors)."""
+    """no_grad + eval mode + a private, seeded RNG + ``numerics.float_mode`` (subnormals flushed);
+    restores each submodule's mode, the caller's RNG state and the float settings afterwards
+    (also on errors)."""
     device = next(model.parameters()).device
     modes = [(m, m.training) for m in model.modules()]  # per module: a caller may freeze parts
-    old_precision = torch.get_float32_matmul_precision()
     # fork_rng only restores the devices it is given; keep CPU-only runs from touching CUDA.
     devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
     try:
         model.eval()
-        if matmul_precision is not None:
-            torch.set_float32_matmul_precision(matmul_precision)
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with float_mode(matmul_precision), torch.no_grad(), torch.random.fork_rng(devices=devices):
             yield
     finally:
-        torch.set_float32_matmul_precision(old_precision)
         for m, mode in modes:
             m.training = mode
 

@@ -5,13 +5,12 @@ Data lives in one tensor; each epoch shuffles it with one gather and batches are
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
@@ -22,6 +21,7 @@ from ..errors import TrainingError, UsageError
 from ..functional.schedules import SCHEDULES, kl_weight_at
 from ..io import save_tensors, write_text
 from ..metrics import loss_terms
+from ..numerics import float_mode
 from .average import WeightAverage
 from .checkpoint import load_checkpoint, save_checkpoint
 from .fastpath import FastStep, supports
@@ -69,16 +69,6 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     if cfg.lr_schedule == "exponential":
         return cfg.lr * cfg.lr_decay**epoch
     return cfg.lr
-
-
-@contextlib.contextmanager
-def matmul_precision(name: str) -> Iterator[None]:
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(name)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(old)
 
 
 class Trainer:
@@ -241,7 +231,7 @@ class Trainer:
         # One bar for the whole run (examples seen), so short epochs do not print a line each.
         self._bar = tqdm(total=n * cfg.epochs, initial=n * self.state["epoch"], disable=not self.progress,
                          leave=False, unit="ex", unit_scale=True, file=sys.stderr, mininterval=0.5)
-        with self._bar, matmul_precision(cfg.matmul_precision):
+        with self._bar, float_mode(cfg.matmul_precision):
             for epoch in range(self.state["epoch"], cfg.epochs):
                 self.opt.lr = lr_at(cfg, epoch)
                 rec = {"epoch": epoch, "step": 0, "lr": lr_at(cfg, epoch)}

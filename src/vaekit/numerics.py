@@ -1,0 +1,38 @@
+"""Process-wide floating-point settings for training and evaluation, set and restored together.
+
+- The float32 matmul precision (``torch.set_float32_matmul_precision``).
+- Flushing subnormal (denormal) floats to zero on the CPU. Importance weights and their gradients
+  span hundreds of orders of magnitude; the many that fall below 1.2e-38 run through the CPU's
+  slow microcoded path, which made an fp32 IWAE training step about twice as slow as the same
+  step with them flushed (``BENCHMARKS.md``). Flushing changes values by less than 1.2e-38.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+
+def denormals_flushed() -> bool:
+    """True when the CPU currently flushes subnormal float32 results to zero."""
+    return (torch.full((1,), 1e-30) * 1e-9).item() == 0.0  # 1e-39 is subnormal in float32
+
+
+@contextlib.contextmanager
+def float_mode(matmul_precision: str | None = None, *, flush_denormals: bool = True) -> Iterator[None]:
+    """Within the block: ``matmul_precision`` (None keeps the current one) and, if asked and the
+    CPU supports it, subnormals flushed to zero. Both are restored afterwards, also on errors."""
+    old_precision = torch.get_float32_matmul_precision()
+    old_flush = denormals_flushed()
+    try:
+        if matmul_precision is not None:
+            torch.set_float32_matmul_precision(matmul_precision)
+        if flush_denormals and not old_flush:
+            torch.set_flush_denormal(True)  # False where the CPU lacks the mode: then a no-op
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old_precision)
+        if denormals_flushed() != old_flush:
+            torch.set_flush_denormal(old_flush)
