@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--gradient-estimator", default="reparam", choices=["reparam", "dreg"])
     p.add_argument("--glibc-default", action="store_true", help="leave malloc as it is (no keep_freed_memory)")
     p.add_argument("--keep-denormals", action="store_true", help="do not flush subnormal floats to zero")
-    p.add_argument("--run", default=None, help="a trained IWAE run directory (default: fresh weights, random data)")
+    p.add_argument("--run", default=None, help="a trained MLP run directory, VAE or IWAE (default: fresh IWAE weights, random data)")
     p.add_argument("--data-dir", default=None, help="with --run: where its data is (default: the saved path)")
     p.add_argument("--profile", action="store_true")
     a = p.parse_args()

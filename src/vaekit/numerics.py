@@ -3,8 +3,9 @@
 - The float32 matmul precision (``torch.set_float32_matmul_precision``).
 - Flushing subnormal (denormal) floats to zero on the CPU. Importance weights and their gradients
   span hundreds of orders of magnitude; the many that fall below 1.2e-38 run through the CPU's
-  slow microcoded path, which made an fp32 IWAE training step about twice as slow as the same
-  step with them flushed (``BENCHMARKS.md``). Flushing changes values by less than 1.2e-38.
+  slow microcoded path: an fp32 IWAE training step was 1.07-1.8x slower than the same step with
+  them flushed, depending on the weights and data (``BENCHMARKS.md``). Flushing changes values
+  by less than 1.2e-38.
 """
 
 from __future__ import annotations
