@@ -125,6 +125,8 @@ def test_bad_second_layer_settings():
         model(latent_dim2=-1)
     with pytest.raises(UsageError, match="hidden2"):
         model(hidden2=[0])
+    with pytest.raises(UsageError, match="latent-dim2 is 0"):
+        model(latent_dim2=0, hidden2=[12])
 
 
 def test_old_config_without_second_layer_fields_loads():

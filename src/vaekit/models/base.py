@@ -80,6 +80,9 @@ class ModelConfig:
             cfg.hidden2 = [max(1, int(h) // 2) for h in (cfg.hidden if cfg.arch == "mlp" and cfg.hidden else [200, 200])]
         if cfg.hidden2 is not None and (not cfg.hidden2 or any(int(h) <= 0 for h in cfg.hidden2)):
             raise UsageError(f"--hidden2 needs positive integers, got {cfg.hidden2}")
+        if cfg.hidden2 is not None and cfg.latent_dim2 == 0:
+            raise UsageError("--hidden2 sets the MLPs of a second stochastic layer, and --latent-dim2 is 0 "
+                             "(one layer); give --latent-dim2 N or drop --hidden2 (hidden2 in a config)")
         if cfg.k < 1:
             raise UsageError(f"--k must be at least 1, got {cfg.k}")
         if cfg.gradient_estimator not in GRADIENT_ESTIMATORS:
