@@ -47,6 +47,9 @@ def test_evaluate_json(trained, capsys):
     assert res["nll"] <= -res["elbo"] + 1.0  # the IS estimate is (statistically) below -ELBO
     code, out, _ = run_cli(capsys, "evaluate", str(trained), "--split", "val", "--json")
     assert code == 0 and "nll" not in json.loads(out)
+    for flag, value, says in (("--limit", "0", "--limit must be >= 1"), ("--iw-samples", "-2", "--iw-samples must be >= 0")):
+        code, out, err = run_cli(capsys, "evaluate", str(trained), flag, value)
+        assert code == 2 and says in err and out == "" and "Traceback" not in err
 
 
 def test_resume_extends_training(tmp_path, capsys):

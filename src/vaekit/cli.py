@@ -157,8 +157,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import evaluate_run
 
-    if args.iw_samples < 0 or (args.limit is not None and args.limit < 1):
-        raise VaekitError("--iw-samples must be >= 0 and --limit >= 1")
+    if args.iw_samples < 0:
+        raise VaekitError(f"--iw-samples must be >= 0 (0: the ELBO only), got {args.iw_samples}")
+    if args.limit is not None and args.limit < 1:
+        raise VaekitError(f"--limit must be >= 1 (the first N examples of the split), got {args.limit}")
     res = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, iw_samples=args.iw_samples or None,
                        limit=args.limit, batch_size=args.batch_size, seed=args.seed, device=args.device)
     if args.json:
