@@ -17,16 +17,12 @@ if TYPE_CHECKING:
 def evaluate_run(run_dir: str | Path, *, split: str = "test", data_dir: str | None = None, iw_samples: int | None = None,
                  limit: int | None = None, batch_size: int | None = None, seed: int = 0, device: str = "auto") -> dict[str, Any]:
     """Load a run and its data, and evaluate the best model on ``split`` (see ``metrics.evaluate``)."""
+    from .apps.common import open_run, run_inputs
     from .metrics import evaluate
-    from .run import load, load_run_data, read_config
 
-    cfg, spec, _ = read_config(run_dir)
-    model = load(run_dir, device=device)
-    data = load_run_data(cfg, data_dir)
-    x = getattr(data, split).x
-    if limit is not None:
-        x = x[:limit]
-    res = evaluate(model, x, batch_size=batch_size or cfg.train.eval_batch_size, iw_samples=iw_samples, seed=seed)
+    run = open_run(run_dir, device=device)
+    x = run_inputs(run, split=split, data_dir=data_dir, limit=limit).x
+    res = evaluate(run.model, x, batch_size=batch_size or run.config.train.eval_batch_size, iw_samples=iw_samples, seed=seed)
     return {"split": split, **res}
 
 
