@@ -47,7 +47,8 @@ def test_evaluate_json(trained, capsys):
     assert res["nll"] <= -res["elbo"] + 1.0  # the IS estimate is (statistically) below -ELBO
     code, out, _ = run_cli(capsys, "evaluate", str(trained), "--split", "val", "--json")
     assert code == 0 and "nll" not in json.loads(out)
-    for flag, value, says in (("--limit", "0", "--limit must be >= 1"), ("--iw-samples", "-2", "--iw-samples must be >= 0")):
+    for flag, value, says in (("--limit", "0", "--limit must be >= 1"), ("--iw-samples", "-2", "--iw-samples must be >= 0"),
+                              ("--batch-size", "0", "--batch-size must be >= 1")):
         code, out, err = run_cli(capsys, "evaluate", str(trained), flag, value)
         assert code == 2 and says in err and out == "" and "Traceback" not in err
 
@@ -71,7 +72,8 @@ def test_resume_extends_training(tmp_path, capsys):
         (["train", "--data", "digits", "--binarize", "sometimes"], "binarize"),
         (["train", "--data", "digits", "--hidden", "abc"], "integers"),
         (["train", "--data", "digits", "--lr", "nan"], "finite"),
-        (["train", "--data", "digits", "--epochs", "0"], "at least 1"),
+        (["train", "--data", "digits", "--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["train", "--data", "digits", "--batch-size", "-3"], "--batch-size must be at least 1, got -3"),
         (["train", "--data", "digitz"], "did you mean 'digits'"),
         (["train", "--data", "/no/such/file.csv"], "no such file"),
         (["train", "--data", "digits", "--likelihood", "poisson"], "likelihood"),

@@ -45,8 +45,9 @@ def resolve_device(name: str) -> torch.device:
 
 def check_config(cfg: TrainConfig) -> None:
     """Reject impossible settings before anything is written."""
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be at least 1")
+    for flag, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
     if not cfg.lr > 0 or not math.isfinite(cfg.lr):
         raise UsageError(f"--lr must be a positive number, got {cfg.lr}")
     if cfg.lr_schedule not in LR_SCHEDULES:
