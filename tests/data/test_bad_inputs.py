@@ -146,6 +146,17 @@ def test_npz_with_pickled_object_array(tmp_path):
         load_data(str(tmp_path / "k.npz"))
 
 
+def test_garbage_and_truncated_numpy_files(tmp_path):
+    for name in ("g.npy", "g.npz"):
+        (tmp_path / name).write_bytes(b"not numpy at all\n" * 4)
+        with pytest.raises(DataError, match=f"{name} is not a .npy/.npz file"):
+            load_data(str(tmp_path / name))
+    np.save(tmp_path / "t.npy", np.zeros((40, 8)))
+    (tmp_path / "t.npy").write_bytes((tmp_path / "t.npy").read_bytes()[:300])
+    with pytest.raises(DataError, match="cannot read .*t.npy as a NumPy file"):
+        load_data(str(tmp_path / "t.npy"))
+
+
 def test_bad_shapes_and_types(tmp_path):
     np.save(tmp_path / "one.npy", np.zeros(5))
     with pytest.raises(DataError, match=r"got \(5,\)"):

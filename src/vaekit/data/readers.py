@@ -194,7 +194,7 @@ def read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         if "Object arrays" in str(e):
             raise DataError(f"{path} holds a pickled object array, which vaekit does not load (it could run "
                             f"code); save plain numeric arrays, e.g. np.save(path, x.astype(np.float32))") from None
-        if "pickled data" in str(e):
+        if "pickled" in str(e):  # not NumPy's magic bytes: np.load would fall back to unpickling
             raise DataError(f"{path} is not a .npy/.npz file (NumPy could only read it by unpickling it, "
                             f"which vaekit does not do)") from None
         raise DataError(f"cannot read {path} as a NumPy file: {e}") from None
