@@ -15,7 +15,17 @@ from .errors import VaekitError
 
 
 class _Parser(argparse.ArgumentParser):
+    """Exact flags only: with argparse's prefix matching, ``vaekit detect RUN --data x`` was taken
+    as ``--data-dir x`` and the run's own test split was scored instead of x, without a word."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        if message.startswith("unrecognized arguments") and "--data" in message.split() \
+                and "--input" in self._option_string_actions:
+            message += " (this command reads its inputs from --input; --data-dir is where the run's dataset files are)"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -173,7 +183,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command's own parser, which knows its flags (see _Parser.error)
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except VaekitError as e:
