@@ -70,6 +70,32 @@ def test_latent_verbs(trained, tmp_path, capsys):
     assert np.load(tmp_path / "e.npy").shape == (3, 1, 8, 8)
 
 
+def test_latent_frames_of_a_table_are_in_its_units(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    data = np.column_stack([rng.normal(1000, 50, 300) + 100 * y, rng.normal(-3, 0.1, 300), y])
+    np.savetxt(tmp_path / "t.csv", data, delimiter=",", header="price,temp,kind", comments="", fmt="%.6g")
+    run = tmp_path / "run"
+    assert cli(capsys, "train", "--data", tmp_path / "t.csv", "--label-column", "kind", "--epochs", 5,
+               "--hidden", 16, "--latent-dim", 2, "--out", run, "--quiet")[0] == 0
+    assert cli(capsys, "interpolate", run, "--from", 0, "--to", 1, "--steps", 4, "--out", tmp_path / "i.csv")[0] == 0
+    rows = np.genfromtxt(tmp_path / "i.csv", delimiter=",", names=True)
+    assert rows.dtype.names == ("t", "price", "temp") and len(rows) == 4
+    np.testing.assert_allclose(rows["t"], [0, 1 / 3, 2 / 3, 1])
+    assert 700 < rows["price"].mean() < 1400 and -4 < rows["temp"].mean() < -2  # not standardised units
+    assert cli(capsys, "traverse", run, "--dim", "0,1", "--steps", 3, "--out", tmp_path / "tr.csv")[0] == 0
+    assert cli(capsys, "traverse", run, "--dim", "0,1", "--steps", 3, "--out", tmp_path / "t.npy")[0] == 0
+    rows = np.genfromtxt(tmp_path / "tr.csv", delimiter=",", names=True)
+    assert rows.dtype.names == ("dim", "value", "price", "temp")
+    assert rows["dim"].tolist() == [0, 0, 0, 1, 1, 1] and rows["value"].tolist() == [-3, 0, 3] * 2
+    frames = np.load(tmp_path / "t.npy")
+    assert frames.shape == (2, 3, 2)
+    np.testing.assert_allclose(frames.reshape(6, 2), np.column_stack([rows["price"], rows["temp"]]), rtol=1e-5)
+    code, _, err = cli(capsys, "edit", run, "--input", 0, "--toward", 1, "--steps", 3, "--out", tmp_path / "e.csv")
+    assert code == 0, err
+    assert (tmp_path / "e.csv").read_text().splitlines()[0] == "strength,price,temp"
+
+
 def test_embed_csv_and_map(trained, tmp_path, capsys):
     code, out, _ = cli(capsys, "embed", trained, "--out", tmp_path / "z.csv", "--variance", "--limit", 50, "--json")
     assert code == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..apps.common import check_out, class_names, label_index, run_inputs, save_array
+from ..apps.common import check_out, class_names, label_index, run_inputs, save_array, to_original_units
 from ..apps.latent import METHODS, attribute_vector, edit, embed, interpolate, map_2d, most_active_dims, traverse
 from ..apps.plots import save_frames, save_latent_map
 from ..errors import UsageError
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", dest="dst", required=True, help="index into the split, or an image/array file")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--method", choices=METHODS, default="linear", help="linear or slerp (spherical)")
-    p.add_argument("--out", default=None, help="image strip (.png; default RUN/interpolate-I-J.png) or frames (.npy)")
+    p.add_argument("--out", default=None, help="image strip (.png; default RUN/interpolate-I-J.png) or frames (.npy, .csv)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_interpolate)
 
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--input", default=None, help="hold the others at this example's latent (index or file); default 0")
     t.add_argument("--span", type=_finite, default=3.0, help="sweep z_d over [-span, span]")
     t.add_argument("--steps", type=int, default=9)
-    t.add_argument("--out", default=None, help="figure .png (default RUN/traverse.png) or frames .npy")
+    t.add_argument("--out", default=None, help="figure .png (default RUN/traverse.png) or frames .npy/.csv")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_traverse)
 
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                        "else all other classes)")
     e.add_argument("--strength", type=_finite, default=1.0, help="how far to move (1 = one class-mean difference)")
     e.add_argument("--steps", type=int, default=6, help="frames from strength 0 to --strength")
-    e.add_argument("--out", default=None, help="strip .png (default RUN/edit-I-toward-L.png) or frames .npy")
+    e.add_argument("--out", default=None, help="strip .png (default RUN/edit-I-toward-L.png) or frames .npy/.csv")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_edit)
 
@@ -78,22 +78,35 @@ def _dims(text: str | None) -> list[int] | None:
     return dims
 
 
-def _write_frames(out: Path, frames: torch.Tensor, run, **labels) -> None:
-    if out.suffix.lower() == ".npy":
-        save_array(out, frames.numpy())
-    else:
+FRAMES = (".png", ".npy", ".csv")
+
+
+def _write_frames(out: Path, frames: torch.Tensor, run, keys: dict[str, list], **labels) -> None:
+    """Frames (S, *shape) or (R, S, *shape), model units, to ``out``: a figure (.png), or the
+    frames in the user's units (tables standardised for training get their mean and std back):
+    .npy keeps the array's shape, .csv has one row per frame, ``keys`` (one value per frame, in
+    order) first and then the training columns (images: one column per pixel)."""
+    if out.suffix.lower() == ".png":
         save_frames(out, frames, run.spec, **labels)
+        return
+    a = to_original_units(frames.reshape(-1, *run.spec.shape), run.source)  # (R * S, *shape)
+    if out.suffix.lower() == ".npy":
+        save_array(out, a.reshape(frames.shape).astype(np.float32))
+        return
+    cols = list(run.source.get("columns") or [f"x{i}" for i in range(run.spec.dim)])
+    table = np.concatenate([np.asarray(list(keys.values()), dtype=object).T, a.reshape(len(a), -1)], 1)
+    save_array(out, table, header=[*keys, *cols])
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
     positive("--steps", args.steps)
     run = open_from_args(args)
     tag = f"{Path(args.src).stem}-{Path(args.dst).stem}"
-    out = check_out(args.out or run.dir / f"interpolate-{tag}.png", (".png", ".npy"))
+    out = check_out(args.out or run.dir / f"interpolate-{tag}.png", FRAMES)
     xa, _ = example(run, args.src, args, "--from")
     xb, _ = example(run, args.dst, args, "--to")
     frames = interpolate(run.model, xa, xb, steps=args.steps, method=args.method)
-    _write_frames(out, frames, run)
+    _write_frames(out, frames, run, {"t": np.linspace(0.0, 1.0, args.steps).tolist()})
     return emit(args, {"out": str(out), "steps": args.steps, "method": args.method},
                 [f"wrote a {args.steps}-step {args.method} interpolation to {out}"])
 
@@ -103,7 +116,7 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     positive("--span", args.span)
     run = open_from_args(args)
     dims = _dims(args.dim)
-    out = check_out(args.out or run.dir / "traverse.png", (".png", ".npy"))
+    out = check_out(args.out or run.dir / "traverse.png", FRAMES)
     base = None
     if args.input is not None:
         x, _ = example(run, args.input, args, "--input")
@@ -115,7 +128,9 @@ def cmd_traverse(args: argparse.Namespace) -> int:
         kl = evaluate(run.model, s.x)["kl_per_dim"][: run.model.latent_dim]  # a 2nd layer's dims come after
         dims = most_active_dims(kl, 8)
     frames = traverse(run.model, dims, base=base, span=args.span, steps=args.steps)
-    _write_frames(out, frames, run, row_labels=[f"z{d}" for d in dims])
+    values = np.linspace(-args.span, args.span, args.steps).tolist()
+    _write_frames(out, frames, run, {"dim": [d for d in dims for _ in values], "value": values * len(dims)},
+                  row_labels=[f"z{d}" for d in dims])
     return emit(args, {"out": str(out), "dims": dims, "span": args.span, "steps": args.steps},
                 [f"traversed dimensions {', '.join(map(str, dims))} over [-{args.span:g}, {args.span:g}]: {out}"])
 
@@ -125,7 +140,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     run = open_from_args(args)
     target = label_index(args.toward, run.source, run.spec.num_classes)
     away = None if args.away_from is None else label_index(args.away_from, run.source, run.spec.num_classes)
-    out = check_out(args.out or run.dir / f"edit-{Path(args.input).stem}-toward-{args.toward}.png", (".png", ".npy"))
+    out = check_out(args.out or run.dir / f"edit-{Path(args.input).stem}-toward-{args.toward}.png", FRAMES)
     x, own = example(run, args.input, args, "--input")
     train = run_inputs(run, None, split="train", data_dir=args.data_dir)
     if train.y is None:
@@ -135,7 +150,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     vec = attribute_vector(z, train.y, target, source=source)
     strengths = np.linspace(0.0, args.strength, args.steps).tolist()
     frames = edit(run.model, x, vec, strengths)
-    _write_frames(out, frames, run, col_labels=[f"{s:.2g}" for s in strengths])
+    _write_frames(out, frames, run, {"strength": strengths}, col_labels=[f"{s:.2g}" for s in strengths])
     names = class_names(run.source, run.spec.num_classes)
     frm = names[source] if source is not None else "the other classes"
     return emit(args, {"out": str(out), "toward": names[target], "away_from": None if source is None else names[source],
