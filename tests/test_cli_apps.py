@@ -127,12 +127,17 @@ def test_report_verb(trained, tmp_path, capsys):
     (["edit", "{run}", "--input", "0", "--toward", "cat", "--out", "{tmp}/e.png"], "unknown label"),
     (["embed", "{run}", "--out", "{tmp}/z.txt"], ".txt"),
     (["report", "{run}", "--out", "{tmp}/r.pdf"], ".pdf"),
+    (["reconstruct", "{run}", "--input", "{tmp}/bad.npy", "--out", "{tmp}/bad.npy"], "bad.npy is also the --input given"),
+    (["embed", "{run}", "--input", "{tmp}/bad.npy", "--out", "{tmp}/z.csv", "--map-out", "{tmp}/../{tmpname}/bad.npy"],
+     "--map-out"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_files(trained, tmp_path, capsys, argv, needle):
     np.save(tmp_path / "bad.npy", np.zeros((2, 7), np.float32))
     before = listing(tmp_path)
     run_before = listing(trained)
-    code, out, err = cli(capsys, *[a.format(run=trained, tmp=tmp_path) for a in argv])
+    bad = (tmp_path / "bad.npy").read_bytes()
+    code, out, err = cli(capsys, *[a.format(run=trained, tmp=tmp_path, tmpname=tmp_path.name) for a in argv])
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
     assert listing(tmp_path) == before and listing(trained) == run_before
+    assert (tmp_path / "bad.npy").read_bytes() == bad

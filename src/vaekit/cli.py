@@ -182,6 +182,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs_spare_inputs(args: argparse.Namespace) -> None:
+    """An --out naming one of the command's own inputs would overwrite the user's data: refuse."""
+    from pathlib import Path
+
+    inputs = {"--input": "input", "--mask": "mask", "--data": "source", "--from": "src", "--to": "dst"}
+    for out_flag, out_dest in (("--out", "out"), ("--map-out", "map_out")):
+        out = getattr(args, out_dest, None)
+        if out is None:
+            continue
+        for flag, dest in inputs.items():
+            given = getattr(args, dest, None)
+            if given is not None and Path(str(given)).resolve() == Path(str(out)).resolve():
+                raise VaekitError(f"{out_flag} {out} is also the {flag} given; write to another name "
+                                  "(the input would be overwritten)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -189,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        _check_outputs_spare_inputs(args)
         return args.func(args)
     except VaekitError as e:
         print(f"vaekit {args.command}: error: {e}", file=sys.stderr)
