@@ -169,8 +169,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.iw_samples < 0:
         raise VaekitError(f"--iw-samples must be >= 0 (0: the ELBO only), got {args.iw_samples}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise VaekitError(f"--batch-size must be >= 1, got {args.batch_size}")
     res = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, iw_samples=args.iw_samples or None,
                        limit=args.limit, batch_size=args.batch_size, seed=args.seed, device=args.device)
     if args.json:

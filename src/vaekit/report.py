@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .errors import UsageError
 from .io import write_json
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_dir: str | No
     from .apps.common import open_run, run_inputs
     from .metrics import evaluate
 
+    if batch_size is not None and batch_size < 1:  # checked here: 0 must not mean "the default"
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     run = open_run(run_dir, device=device)
     x = run_inputs(run, split=split, data_dir=data_dir, limit=limit).x
     res = evaluate(run.model, x, batch_size=batch_size or run.config.train.eval_batch_size, iw_samples=iw_samples, seed=seed)
