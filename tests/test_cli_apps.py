@@ -94,6 +94,13 @@ def test_latent_frames_of_a_table_are_in_its_units(tmp_path, capsys):
     code, _, err = cli(capsys, "edit", run, "--input", 0, "--toward", 1, "--steps", 3, "--out", tmp_path / "e.csv")
     assert code == 0, err
     assert (tmp_path / "e.csv").read_text().splitlines()[0] == "strength,price,temp"
+    # the file the run was trained on and the run's own files are never an --out
+    table, model = (tmp_path / "t.csv").read_bytes(), (run / "model.safetensors").read_bytes()
+    for out, needle in ((tmp_path / "t.csv", "the run's training data"),
+                        (run / "model.safetensors", "the run's model.safetensors")):
+        code, _, err = cli(capsys, "sample", run, "--n", 3, "--out", out)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "t.csv").read_bytes() == table and (run / "model.safetensors").read_bytes() == model
 
 
 def test_embed_csv_and_map(trained, tmp_path, capsys):

@@ -180,20 +180,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_FILES = ("config.json", "model.safetensors", "last.safetensors", "metrics.jsonl")
+
+
 def _check_outputs_spare_inputs(args: argparse.Namespace) -> None:
     """An --out naming one of the command's own inputs would overwrite the user's data: refuse."""
     from pathlib import Path
 
     inputs = {"--input": "input", "--mask": "mask", "--data": "source", "--from": "src", "--to": "dst"}
+    given = {f"the {flag} given": getattr(args, dest, None) for flag, dest in inputs.items()}
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is not None:  # the run's own files and the file it was trained on are the user's too
+        run_dir = Path(str(run_dir))
+        given.update({f"the run's {name}": run_dir / name for name in RUN_FILES})
+        given["the run's training data"] = _training_source(run_dir)
     for out_flag, out_dest in (("--out", "out"), ("--map-out", "map_out")):
         out = getattr(args, out_dest, None)
         if out is None:
             continue
-        for flag, dest in inputs.items():
-            given = getattr(args, dest, None)
-            if given is not None and Path(str(given)).resolve() == Path(str(out)).resolve():
-                raise VaekitError(f"{out_flag} {out} is also the {flag} given; write to another name "
-                                  "(the input would be overwritten)")
+        for what, path in given.items():
+            if path is not None and Path(str(path)).resolve() == Path(str(out)).resolve():
+                raise VaekitError(f"{out_flag} {out} is also {what}; write to another name "
+                                  "(it would be overwritten)")
+
+
+def _training_source(run_dir) -> str | None:
+    """The data file a run was trained on, as its config.json records it (None: a built-in dataset, a file
+    that is gone, or an unreadable config, which the command itself reports)."""
+    from pathlib import Path
+
+    try:
+        source = json.loads((run_dir / "config.json").read_text())["data"]["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return source if isinstance(source, str) and Path(source).is_file() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
