@@ -51,7 +51,7 @@ def run_inputs(run: LoadedRun, path: str | None = None, *, split: str = "test", 
     Returns a Split (x float32 (N, *spec.shape) on the CPU, y labels or None).
     """
     if limit is not None and limit < 1:
-        raise UsageError(f"--n/--limit must be >= 1, got {limit}")
+        raise UsageError(f"--limit must be >= 1, got {limit}")
     if path is not None:
         s = load_inputs(path, run.spec, run.source)
     else:
