@@ -78,6 +78,8 @@ def test_resume_extends_training(tmp_path, capsys):
         (["train", "--data", "/no/such/file.csv"], "no such file"),
         (["train", "--data", "digits", "--likelihood", "poisson"], "likelihood"),
         (["train", "--data", "digits", "--latent-dim", "0"], "latent-dim"),
+        (["train", "--data", "digits", "--beta", "-1"], "--beta must be >= 0, got -1.0"),
+        (["train", "--data", "digits", "--free-bits", "-0.5"], "--free-bits must be >= 0, got -0.5"),
         (["train", "--data", "digits", "--device", "cuda:7" if False else "gpu"], "device"),
         (["train", "--data", "digits", "--bogus-flag", "1"], "unrecognized"),
         # no prefix matching: --lat is not --latent-dim, and detect's --data is not its --data-dir

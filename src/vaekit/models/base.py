@@ -90,8 +90,9 @@ class ModelConfig:
                              f"got {cfg.gradient_estimator!r}")
         if cfg.gradient_estimator != "reparam" and cfg.model != "iwae":
             raise UsageError(f"--gradient-estimator {cfg.gradient_estimator} is for --model iwae, not {cfg.model!r}")
-        if cfg.beta < 0 or cfg.free_bits < 0:
-            raise UsageError("--beta and --free-bits must be >= 0")
+        for flag, value in (("--beta", cfg.beta), ("--free-bits", cfg.free_bits)):
+            if value < 0:
+                raise UsageError(f"{flag} must be >= 0, got {value}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
