@@ -31,35 +31,52 @@ class Adam:
         devices = {p.device.type for p in self.params}
         self.fused = devices <= {"cpu", "cuda"} and all(p.dtype in (torch.float32, torch.float64) for p in self.params)
 
-    def zero_grad(self) -> None:
-        """Zero the gradients in place (their buffers are reused by the next backward)."""
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero the gradients in place (their buffers are reused by the next backward), or with
+        ``set_to_none`` drop them (the next backward allocates them afresh)."""
         for p in self.params:
             if p.grad is not None:
-                p.grad.zero_()
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.zero_()
 
     @torch.no_grad()
-    def step(self) -> None:
-        """One update of every parameter that has a gradient."""
+    def step(self, *, lr: torch.Tensor | None = None, found_inf: torch.Tensor | None = None) -> None:
+        """One update of every parameter that has a gradient.
+
+        ``lr``: a one-element float32 tensor on the parameters' device, read when the update runs,
+        in place of ``self.lr``. ``found_inf``: a one-element float32 tensor on that device; where
+        it holds 1 the update changes nothing (parameters, moments and step counts stay as they
+        were). With both, the fused path never waits for the device, so the step can be recorded
+        in a CUDA graph and replayed with new values in those tensors.
+        """
         idx = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not idx:
             return
         pick = (lambda xs: xs) if len(idx) == len(self.params) else (lambda xs: [xs[i] for i in idx])
         params, exp_avg, exp_avg_sq, steps = pick(self.params), pick(self.exp_avg), pick(self.exp_avg_sq), pick(self.steps)
         grads = [p.grad for p in params]
-        torch._foreach_add_(steps, 1.0)
         b1, b2 = self.betas
         if self.fused:
-            torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], steps, amsgrad=False, lr=self.lr, beta1=b1,
-                               beta2=b2, weight_decay=self.weight_decay, eps=self.eps, maximize=False)
+            # a skipped update must not count as a step: add 1 - found_inf instead of 1
+            torch._foreach_add_(steps, 1.0 if found_inf is None else 1.0 - found_inf.reshape(()))
+            torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], steps, amsgrad=False,
+                               lr=self.lr if lr is None else lr, beta1=b1, beta2=b2, weight_decay=self.weight_decay,
+                               eps=self.eps, maximize=False, found_inf=found_inf)
             return
-        for p, g, m, v, s in zip(params, grads, exp_avg, exp_avg_sq, steps):  # other devices
+        if found_inf is not None and float(found_inf) != 0:  # other devices: plain code, may wait
+            return
+        step_lr = self.lr if lr is None else float(lr)
+        torch._foreach_add_(steps, 1.0)
+        for p, g, m, v, s in zip(params, grads, exp_avg, exp_avg_sq, steps):
             if self.weight_decay:
                 g = g.add(p, alpha=self.weight_decay)
             t = float(s)
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(self.eps)
-            p.addcdiv_(m, denom, value=-self.lr / (1 - b1**t))
+            p.addcdiv_(m, denom, value=-step_lr / (1 - b1**t))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
