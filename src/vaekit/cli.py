@@ -49,6 +49,12 @@ def _finite(text: str) -> float:
     return v
 
 
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
 S = argparse.SUPPRESS
 # flag -> (config key, type, help). Defaults live in the config dataclasses, not here.
 TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -85,6 +91,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--device", "device", str, "auto | cpu | cuda"),
     ("--weight-average", "weight_average", _finite, "decay of the weight moving average that is evaluated and saved (0: off)"),
     ("--matmul-precision", "matmul_precision", str, "highest (fp32) | high | medium (bf16 matmuls on AMX CPUs)"),
+    ("--cuda-graphs", "cuda_graphs", _on_off, "on | off: on a GPU, replay each training step as one CUDA graph (default on)"),
     ("--iw-samples", "iw_samples", int, "importance samples for the final test NLL (0: skip)"),
 ]
 

@@ -46,6 +46,8 @@ class TrainConfig:
     float32 matrix multiplies run in bfloat16 on CPUs with AMX (and TF32/bf16 on GPUs).
     weight_average: decay of the moving average of the weights that is validated, saved and
     returned (about the last 1 / (1 - decay) steps); 0 uses the raw weights.
+    cuda_graphs: on a CUDA device, record the training step once as a CUDA graph and replay it
+    (``training/graphed.py``); False launches every operator from Python.
     """
 
     epochs: int = 10
@@ -68,6 +70,7 @@ class TrainConfig:
     data_init: bool = True
     fast_path: bool = True
     weight_average: float = 0.995
+    cuda_graphs: bool = True
 
 
 @dataclass

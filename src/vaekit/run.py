@@ -110,10 +110,12 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
         cfg, _, _ = read_config(run_dir)
         # what may change: length, where and how fast it computes, and how the same objective's
         # gradient is estimated (an IWAE's --gradient-estimator); never the model or the data
-        extra = set(options) - {"epochs", "device", "data_dir", "patience", "matmul_precision", "gradient_estimator"}
+        extra = set(options) - {"epochs", "device", "data_dir", "patience", "matmul_precision", "gradient_estimator",
+                                "cuda_graphs"}
         if extra or data not in (None, cfg.data.source):
             raise UsageError(f"--resume continues {run_dir} with its saved settings; only --epochs, --device, "
-                             f"--data-dir, --patience, --matmul-precision and --gradient-estimator may change "
+                             f"--data-dir, --patience, --matmul-precision, --cuda-graphs and --gradient-estimator "
+                             f"may change "
                              f"(got {sorted(extra) or ['--data']})")
         cfg = make_config(None, base=cfg, **options)
     else:

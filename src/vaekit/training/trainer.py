@@ -25,6 +25,7 @@ from ..numerics import float_mode
 from .average import WeightAverage
 from .checkpoint import load_checkpoint, save_checkpoint
 from .fastpath import FastStep, supports
+from .graphed import GraphedStep
 from .memory import keep_freed_memory
 from .optim import Adam
 
@@ -110,7 +111,12 @@ class Trainer:
         # The hand-derived step where it applies (same loss and gradients as autograd).
         # With matmul_precision "medium" its matmuls run on bfloat16 copies (AMX on recent CPUs).
         low = torch.bfloat16 if cfg.matmul_precision == "medium" else None
-        self.fast = FastStep(self.model, matmul_dtype=low) if cfg.fast_path and supports(self.model) else None
+        # On a GPU the whole autograd step is recorded as a CUDA graph instead (see graphed.py):
+        # there the launches, not the arithmetic, limit small models.
+        self.use_graphs = self.device.type == "cuda" and cfg.cuda_graphs and self.opt.fused
+        self.graphed: GraphedStep | None = None
+        fast = cfg.fast_path and supports(self.model) and not self.use_graphs
+        self.fast = FastStep(self.model, matmul_dtype=low) if fast else None
         self._found_inf = torch.zeros(1, device=self.device)
         self._one = torch.ones(1, device=self.device)
 
@@ -153,9 +159,26 @@ class Trainer:
         perm = torch.randperm(len(self.train_x), generator=self.gen).to(self.device)
         xs = self.train_x.index_select(0, perm)
         if self.data.dynamic_binarize:
-            u = torch.rand(xs.shape, generator=self.gen).to(self.device)
+            if self.device.type == "cpu":
+                u = torch.rand(xs.shape, generator=self.gen)
+            else:  # drawn on the device (47M numbers an MNIST epoch), seeded from the data generator
+                seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
+                g = torch.Generator(device=self.device).manual_seed(seed)
+                u = torch.rand(xs.shape, generator=g, device=self.device)
             xs = (u < xs).to(xs.dtype)
         return xs
+
+    def _graph_step(self, example: torch.Tensor) -> GraphedStep | None:
+        """The recorded step, made on first use; None (eager steps) if recording fails."""
+        if self.graphed is None and self.use_graphs:
+            try:
+                # recorded on CUDA; elsewhere (tests on CPUs) the same step runs eagerly
+                self.graphed = GraphedStep(self.model, self.opt, example, capture=self.device.type == "cuda")
+            except Exception as e:  # a model whose step cannot be recorded still trains, eagerly
+                self.use_graphs = False
+                print(f"vaekit: training without CUDA graphs ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                      file=sys.stderr)
+        return self.graphed
 
     def _grads_finite(self, loss: torch.Tensor, grad_check: torch.Tensor | None = None) -> bool:
         if grad_check is not None and self.cfg.grad_clip == 0:  # the fast step summed its gradients
@@ -190,9 +213,19 @@ class Trainer:
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}", refresh=False)
         t0, bad_run = time.perf_counter(), 0
         self.model.train()
+        graph = self._graph_step(xs[:bs]) if self.use_graphs and n >= bs else None
+        if graph is not None:
+            graph.set_lr(self.opt.lr)
         for i in range(0, n, bs):
             xb = xs[i : i + bs]
             kl_w = kl_weight_at(epoch + i / n, cfg.kl_warmup, cfg.kl_schedule)
+            if graph is not None and len(xb) == bs:  # queued on the GPU; counted and checked at the end
+                graph.step(xb, kl_w)
+                if self.average is not None:
+                    self.average.update(self.state["step"])
+                self.state["step"] += 1
+                bar.update(len(xb))
+                continue
             if self.fast is not None:
                 out = self.fast.step(xb, kl_weight=kl_w)  # sets every p.grad
             else:
@@ -219,6 +252,17 @@ class Trainer:
                 s = self._mean_terms(terms[-50:], sizes[-50:])
                 bar.set_postfix(loss=f"{s[0]:.2f}", elbo=f"{s[1]:.2f}", kl=f"{s[3]:.2f}",
                                 ex_s=f"{sum(sizes) / (time.perf_counter() - t0):.0f}", refresh=False)
+        if graph is not None:
+            got = graph.collect()
+            self.state["step"] -= got["skipped"]
+            self.state["skipped_steps"] += got["skipped"]
+            if got["longest_skipped_run"] >= cfg.max_nonfinite:
+                raise TrainingError(
+                    f"{got['longest_skipped_run']} non-finite losses or gradients in a row at epoch {epoch + 1}; "
+                    "stopped (the last good checkpoint is intact). Try a lower --lr, --grad-clip, or check the data")
+            if got["good"]:
+                terms.insert(0, tuple(torch.tensor(got["means"][k], device=self.device) for k in ("loss", "elbo", "recon", "kl")))
+                sizes.insert(0, got["good"] * bs)
         dt = time.perf_counter() - t0
         s, seen = self._mean_terms(terms, sizes), sum(sizes)
         return {"train_loss": s[0], "train_elbo": s[1], "train_recon": s[2], "train_kl": s[3],
