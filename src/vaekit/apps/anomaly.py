@@ -162,13 +162,14 @@ MAX_ENTROPY_SHARE = 0.5
 def complexity(x: torch.Tensor, terms: dict[str, torch.Tensor], rate: float) -> torch.Tensor:
     """C(x) = -log p_background(x) - H(x) >= 0, (N,) nats: the information in x under the
     simplest background model, beyond what no model can remove."""
-    return (background_nll(torch.as_tensor(x), rate) - terms["entropy"]).clamp_min(1e-6)
+    # on the CPU, where ``crn_terms`` returns the terms (x may be on the model's device)
+    return (background_nll(torch.as_tensor(x).cpu(), rate) - terms["entropy"]).clamp_min(1e-6)
 
 
 def entropy_share(x: torch.Tensor, terms: dict[str, torch.Tensor], rate: float) -> float:
     """mean H(x) / mean background NLL over x: the share of the Bernoulli code length that no
     model can remove. Near 0 for mostly binary data (images), near 1 for fractions."""
-    bg = float(background_nll(torch.as_tensor(x), rate).mean())
+    bg = float(background_nll(torch.as_tensor(x).cpu(), rate).mean())
     return float(terms["entropy"].mean()) / bg if bg > 0 else 1.0
 
 
@@ -188,7 +189,7 @@ def fit_correction(model: Any, x: torch.Tensor, terms: dict[str, torch.Tensor],
     them; None = all rows)."""
     if not _is_bernoulli(model) or len(x) == 0:
         return Correction()
-    x = torch.as_tensor(x)
+    x = torch.as_tensor(x).cpu()  # statistics on the CPU (x may be on the model's device); _residuals moves it back
     rate = float(x.double().mean())
     if entropy_share(x, terms, rate) <= MAX_ENTROPY_SHARE:
         return Correction(rate, float(complexity(x, terms, rate).mean()))
