@@ -106,6 +106,7 @@ def attribute_vector(z: torch.Tensor, y: torch.Tensor, target: int, *, source: i
     """
     if y is None:
         raise DataError("editing toward a label needs labelled data, and this run's data have no labels")
+    y = torch.as_tensor(y).to(z.device)  # a mask on another device cannot index z (labels on the CPU, z on a GPU)
     into = y == target
     away = (y == source) if source is not None else ~into
     if not into.any():
@@ -134,7 +135,7 @@ def map_2d(z: np.ndarray | torch.Tensor, *, method: str = "pca", seed: int = 0) 
     description; importing scikit-learn for it would cost more than a second of every training
     run's report) or t-SNE (scikit-learn, ``method="tsne"``, perplexity adapted to small N).
     """
-    a = np.asarray(z, dtype=np.float64)
+    a = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z, dtype=np.float64)
     n, d = a.shape
     if d == 1:
         return np.column_stack([a[:, 0], np.zeros(n)]), "z (1 latent dimension)"
