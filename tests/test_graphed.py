@@ -137,3 +137,18 @@ def test_trainer_graphed_non_finite_run_stops_with_the_checkpoint_intact(tmp_pat
         t.fit()
     assert (tmp_path / "r" / "last.safetensors").read_bytes() == saved
     assert t.state["skipped_steps"] == 7 and t.state["epoch"] == 2  # six graphed steps, the eager last one, stop
+
+
+def test_a_step_that_cannot_be_recorded_stops_training_with_one_line(tmp_path, monkeypatch):
+    import vaekit.training.trainer as trainer_mod
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    (tmp_path / "r").mkdir()
+    t = _trainer(True, tmp_path / "r", epochs=2)
+    monkeypatch.setattr(trainer_mod, "GraphedStep", refuse)
+    with pytest.raises(TrainingError, match=r"CUDA graph failed \(RuntimeError: operation not permitted when "
+                                            r"stream is capturing\); train with --cuda-graphs off"):
+        t.fit()
+    assert t.state["epoch"] == 0 and not (tmp_path / "r" / "last.safetensors").exists()

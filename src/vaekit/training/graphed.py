@@ -92,12 +92,20 @@ class GraphedStep:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._body()
-            self.graph = graph
-        finally:
-            with torch.no_grad():
-                for t, v in zip(self._state(), saved):
-                    t.copy_(v)
-            self.reset()
+        except BaseException:
+            try:  # best effort: after a failed recording the device may refuse any further work
+                self._restore(saved)
+            except Exception:
+                pass
+            raise
+        self._restore(saved)
+        self.graph = graph
+
+    def _restore(self, saved: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for t, v in zip(self._state(), saved):
+                t.copy_(v)
+        self.reset()
 
     def set_lr(self, lr: float) -> None:
         self.lr.fill_(float(lr))

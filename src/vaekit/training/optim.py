@@ -59,8 +59,11 @@ class Adam:
         grads = [p.grad for p in params]
         b1, b2 = self.betas
         if self.fused:
-            # a skipped update must not count as a step: add 1 - found_inf instead of 1
-            torch._foreach_add_(steps, 1.0 if found_inf is None else 1.0 - found_inf.reshape(()))
+            if found_inf is None:
+                torch._foreach_add_(steps, 1.0)
+            else:  # a skipped update must not count: add 1 - found_inf. (A list, not the one tensor:
+                # the single-tensor form of _foreach_add_ cannot be recorded in a CUDA graph, torch 2.11)
+                torch._foreach_add_(steps, [1.0 - found_inf.reshape(())] * len(steps))
             torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], steps, amsgrad=False,
                                lr=self.lr if lr is None else lr, beta1=b1, beta2=b2, weight_decay=self.weight_decay,
                                eps=self.eps, maximize=False, found_inf=found_inf)

@@ -169,15 +169,19 @@ class Trainer:
         return xs
 
     def _graph_step(self, example: torch.Tensor) -> GraphedStep | None:
-        """The recorded step, made on first use; None (eager steps) if recording fails."""
+        """The recorded step, made on first use.
+
+        A recording that fails stops training with one line (TrainingError): it leaves the CUDA
+        random generator in recording mode (and may leave a sticky CUDA error), so this process
+        can make no more random draws on the GPU, and an eager fallback would fail at its first."""
         if self.graphed is None and self.use_graphs:
             try:
                 # recorded on CUDA; elsewhere (tests on CPUs) the same step runs eagerly
                 self.graphed = GraphedStep(self.model, self.opt, example, capture=self.device.type == "cuda")
-            except Exception as e:  # a model whose step cannot be recorded still trains, eagerly
-                self.use_graphs = False
-                print(f"vaekit: training without CUDA graphs ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-                      file=sys.stderr)
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise TrainingError(f"recording the training step as a CUDA graph failed ({type(e).__name__}: "
+                                    f"{first}); train with --cuda-graphs off (saved epochs are intact)") from None
         return self.graphed
 
     def _grads_finite(self, loss: torch.Tensor, grad_check: torch.Tensor | None = None) -> bool:
