@@ -80,6 +80,10 @@ class GraphedStep:
 
     def _capture(self, warmup: int) -> None:
         """Warm up on a side stream (CUDA requires it), record, then undo the warm-up's updates."""
+        with torch.cuda.device(self.x.device):  # the model's GPU, whichever is current
+            self._record(warmup)
+
+    def _record(self, warmup: int) -> None:
         saved = [t.detach().clone() for t in self._state()]
         try:
             side = torch.cuda.Stream(device=self.x.device)
@@ -117,7 +121,8 @@ class GraphedStep:
             self.kl_weight.fill_(float(kl_weight))
             self._kl_value = kl_weight
         if self.graph is not None:
-            self.graph.replay()
+            with torch.cuda.device(self.x.device):
+                self.graph.replay()
         else:
             self._body()
 
