@@ -5,7 +5,7 @@
 #   here, once:  mkdir -p .gpu && cp -r ../shared/data/mnist .gpu/ && echo /.gpu/ >> .git/info/exclude
 #   device tool: run(command="bash bench/gpu_session.sh SECONDS [gpu_budget_run.py arguments]",
 #                    carry=[".gpu"], timeout_s=SECONDS + 60)
-#   e.g.         bash bench/gpu_session.sh 420 --resume-copy bench/checkpoints/iwae-2layer
+#   e.g.         GPU_TESTS=graphs bash bench/gpu_session.sh 280 --resume-copy bench/checkpoints/iwae-2layer
 #                bash bench/gpu_session.sh 420 --config bench/recipes/iwae-2layer-gpu.toml
 #
 # 1. The CUDA tests (tests/test_cuda_graphs.py decides --cuda-graphs: all four must pass, else
@@ -21,8 +21,10 @@ export PYTHONPATH="$PWD/src" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0], 'cuda', torch.cuda.is_available())"
 
-timeout 150 python3 -m pytest -q -rA -n 2 --dist loadfile -p no:cacheprovider tests/test_cuda_graphs.py tests/test_cuda.py \
-    > "$out/tests.log" 2>&1
+# GPU_TESTS=graphs runs only the four graph tests (~15 s) when the loan is very short
+tests=(tests/test_cuda_graphs.py tests/test_cuda.py)
+[ "${GPU_TESTS:-all}" = graphs ] && tests=(tests/test_cuda_graphs.py)
+timeout 150 python3 -m pytest -q -rA -n 2 --dist loadfile -p no:cacheprovider "${tests[@]}" > "$out/tests.log" 2>&1
 echo "tests exit $?"; grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$out/tests.log" | tail -25
 graphs=on
 [ "$(grep -c '^PASSED tests/test_cuda_graphs.py' "$out/tests.log")" -ge 4 ] || graphs=off
