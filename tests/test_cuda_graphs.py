@@ -13,7 +13,7 @@ from vaekit.training.graphed import GraphedStep
 from vaekit.training.optim import Adam
 from vaekit.training.trainer import Trainer
 
-from test_graphed import SPEC, batches, two_layer_iwae
+from test_graphed import batches, two_layer_iwae
 from test_trainer import tiny_data
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
