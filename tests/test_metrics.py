@@ -251,3 +251,19 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         evaluate(m, torch.rand(4, 1, 8, 8), batch_size=0)
     assert per_example_scores(m, torch.rand(0, 1, 8, 8)).shape == (0,)
+
+
+def test_fork_rng_restores_the_callers_stream():
+    """numerics.fork_rng (used by evaluation, the report's figures and the scikit-learn fit):
+    seeding inside leaves the caller's CPU random stream where it was."""
+    from vaekit.numerics import fork_rng
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    with fork_rng("cpu"):
+        torch.manual_seed(0)
+        inside = torch.rand(3)
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), inside)

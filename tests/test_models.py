@@ -140,3 +140,16 @@ def test_data_init_starts_decoder_at_the_mean(arch, lik):
     mean = m.decode_mean(torch.zeros(1, 2))[0]
     want = x.mean(0) if arch == "mlp" else x.mean().expand_as(mean)
     torch.testing.assert_close(mean, want, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("latent_dim2", [0, 3])
+def test_sample_follows_the_model_dtype(latent_dim2):
+    """A float64 model samples in float64 (the prior's draw used to be float32 always, which a
+    float64 decoder rejects)."""
+    extra = dict(latent_dim2=latent_dim2, hidden2=[8]) if latent_dim2 else {}
+    m = build_model(ModelConfig(hidden=[16], latent_dim=4, likelihood="bernoulli", **extra), DataSpec((10,), "binary"))
+    assert m.sample(5).dtype == torch.float32
+    m = m.double()
+    assert m.dtype == torch.float64
+    s = m.sample(5, temperature=0.5)
+    assert s.shape == (5, 10) and s.dtype == torch.float64 and torch.isfinite(s).all()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .numerics import float_mode
+from .numerics import float_mode, fork_rng
 
 __all__ = ["ACTIVE_UNIT_THRESHOLD", "chunked_log_mean_exp", "evaluate", "iw_chunk_rows", "per_example_scores"]
 
@@ -115,11 +115,9 @@ def _eval_context(model: torch.nn.Module, seed: int, matmul_precision: str | Non
     (also on errors)."""
     device = next(model.parameters()).device
     modes = [(m, m.training) for m in model.modules()]  # per module: a caller may freeze parts
-    # fork_rng only restores the devices it is given; keep CPU-only runs from touching CUDA.
-    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
     try:
         model.eval()
-        with float_mode(matmul_precision), torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with float_mode(matmul_precision), torch.no_grad(), fork_rng(device):
             yield
     finally:
         for m, mode in modes:

@@ -37,3 +37,12 @@ def float_mode(matmul_precision: str | None = None, *, flush_denormals: bool = T
         torch.set_float32_matmul_precision(old_precision)
         if denormals_flushed() != old_flush:
             torch.set_flush_denormal(old_flush)
+
+
+def fork_rng(device: torch.device | str):
+    """``torch.random.fork_rng`` for work on ``device``: the CPU generator is always saved and
+    restored; for CUDA work every GPU's generator too, since ``torch.manual_seed`` reseeds them
+    all, and seeding inside the block would otherwise change the caller's CUDA random streams.
+    CPU-only work leaves CUDA untouched (not even initialised)."""
+    cuda = torch.device(device).type == "cuda"
+    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else [])

@@ -10,6 +10,7 @@ import torch
 
 from .errors import UsageError
 from .io import write_json
+from .numerics import fork_rng
 
 if TYPE_CHECKING:
     from .run import Run
@@ -63,8 +64,7 @@ def write_figures(run: "Run", res: dict[str, Any]) -> None:
     assert run.dir is not None and run.data is not None
     model, d = run.model, run.dir
     x = run.data.test.x[:32].to(model.device)
-    # torch.manual_seed reseeds the GPU's generator too: fork it as well, or the caller's CUDA stream changes
-    with torch.no_grad(), torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+    with torch.no_grad(), fork_rng(model.device):
         torch.manual_seed(run.config.train.seed)
         kind = model.spec.kind
         fig.save_reconstructions(d / "reconstructions.png", x.cpu(), model.reconstruct(x).cpu(), kind=kind)

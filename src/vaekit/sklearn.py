@@ -35,6 +35,7 @@ from .config import TrainConfig
 from .data.datasets import Data, Split
 from .data.spec import DataSpec
 from .models import ModelConfig, build_model
+from .numerics import fork_rng
 from .training.trainer import Trainer, resolve_device
 
 __all__ = ["VAEAnomalyDetector", "VAETransformer", "default_sizes"]
@@ -127,8 +128,7 @@ class _VAEBase(BaseEstimator):
             if rec["best_epoch"] == rec["epoch"]:
                 best["state"] = {k: v.detach().clone() for k, v in trainer.eval_model.state_dict().items()}
 
-        device = resolve_device(self.device)  # manual_seed reseeds the GPU's generator too: fork it as well
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with fork_rng(resolve_device(self.device)):
             torch.manual_seed(seed)
             extra = {"likelihood_args": {"min_std": GAUSSIAN_MIN_STD}} if lik == "gaussian" else {}
             model = build_model(ModelConfig(hidden=hidden, latent_dim=self.sizes_["latent_dim"], likelihood=lik,

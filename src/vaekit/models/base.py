@@ -114,6 +114,11 @@ class BaseModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' floating-point dtype (float64 after ``.double()``)."""
+        return next(self.parameters()).dtype
+
     def loss(self, x: torch.Tensor, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

@@ -121,7 +121,7 @@ class TwoLayerVAE(VAE):
     def sample(self, n: int, *, temperature: float = 1.0, mean: bool = True) -> torch.Tensor:
         """n new examples (n, *spec.shape): z2 ~ N(0, t^2 I), z1 ~ p(z1|z2) with its standard
         deviation scaled by t too, then the decoder mean of p(x|z1) (or a draw if mean=False)."""
-        z2 = self.prior.sample(n, device=self.device, temperature=temperature)
+        z2 = self.prior.sample(n, device=self.device, temperature=temperature, dtype=self.dtype)
         pm1, plv1 = self.decoder2(z2)
         z1 = pm1 + temperature * torch.exp(0.5 * plv1) * torch.randn_like(pm1)
         params = self.decoder(z1)

@@ -117,7 +117,7 @@ class VAE(BaseModel):
     @torch.no_grad()
     def sample(self, n: int, *, temperature: float = 1.0, mean: bool = True) -> torch.Tensor:
         """n new examples, (n, *spec.shape): decoder means (or draws from p(x|z) if mean=False)."""
-        z = self.prior.sample(n, device=self.device, temperature=temperature)
+        z = self.prior.sample(n, device=self.device, temperature=temperature, dtype=self.dtype)
         params = self.decoder(z)
         return self.likelihood.mean(params) if mean else self.likelihood.sample(params)
 

@@ -24,8 +24,10 @@ class Prior(nn.Module):
         """log p(z) in nats, summed over the last axis: (..., D) -> (...)."""
         raise NotImplementedError
 
-    def sample(self, n: int, device: torch.device | str = "cpu", temperature: float = 1.0) -> torch.Tensor:
-        """n draws, (n, D); ``temperature`` scales the standard deviation."""
+    def sample(self, n: int, device: torch.device | str = "cpu", temperature: float = 1.0,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+        """n draws, (n, D), in ``dtype`` (default: torch's default dtype); ``temperature`` scales
+        the standard deviation."""
         raise NotImplementedError
 
     def kl(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
@@ -45,8 +47,9 @@ class StandardNormalPrior(Prior):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return standard_normal_log_prob(z).sum(-1)
 
-    def sample(self, n: int, device: torch.device | str = "cpu", temperature: float = 1.0) -> torch.Tensor:
-        return temperature * torch.randn(n, self.latent_dim, device=device)
+    def sample(self, n: int, device: torch.device | str = "cpu", temperature: float = 1.0,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+        return temperature * torch.randn(n, self.latent_dim, device=device, dtype=dtype)
 
     def kl(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         return kl_normal_std_normal(mu, logvar)
