@@ -56,11 +56,17 @@ def test_evaluate_json(trained, capsys):
 def test_resume_extends_training(tmp_path, capsys):
     out = tmp_path / "r"
     assert run_cli(capsys, "train", "--data", "digits", "--epochs", "1", "--out", str(out), *TINY)[0] == 0
+    first = json.loads((out / "config.json").read_text())
+    first["created"] = "2000-01-01T00:00:00+0000"  # as if trained long ago
+    (out / "config.json").write_text(json.dumps(first))
     code, _, err = run_cli(capsys, "train", "--out", str(out), "--resume", "--epochs", "2", "--quiet",
                            "--matmul-precision", "medium")  # a compute setting may change on resume
     assert code == 0, err
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
-    assert json.loads((out / "config.json").read_text())["train"]["matmul_precision"] == "medium"
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["matmul_precision"] == "medium"
+    # the run keeps when it was created and says when it was resumed
+    assert saved["created"] == "2000-01-01T00:00:00+0000" and saved["resumed"][:4] >= "2026"
     code, _, err = run_cli(capsys, "train", "--out", str(out), "--resume", "--epochs", "3", "--lr", "0.1", "--quiet")
     assert code == 2 and "lr" in err
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

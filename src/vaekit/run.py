@@ -85,11 +85,17 @@ def load_run_data(cfg: RunConfig, data_dir: str | None = None) -> Data:
                      label_column=dc.label_column)
 
 
-def _write_config(run_dir: Path, cfg: RunConfig, model: BaseModel, data: Data) -> None:
+def _write_config(run_dir: Path, cfg: RunConfig, model: BaseModel, data: Data, *, resumed: bool = False) -> None:
+    """config.json: the resolved settings. A resumed run keeps its "created" time and records
+    when it was last resumed."""
     d = cfg.to_dict()
     d["model"] = dataclasses.asdict(model.config)  # resolved: likelihood and widths filled in
-    d.update(spec=data.spec.to_dict(), source=data.source, vaekit_version=__version__,
-             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    created = now
+    if resumed:
+        created = json.loads((run_dir / "config.json").read_text()).get("created", now)  # read_config parsed it
+        d["resumed"] = now
+    d.update(spec=data.spec.to_dict(), source=data.source, vaekit_version=__version__, created=created)
     write_json(run_dir / "config.json", d)
 
 
@@ -131,7 +137,7 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             trainer.resume()
-        _write_config(run_dir, cfg, model, d)
+        _write_config(run_dir, cfg, model, d, resumed=resume)
     history = trainer.fit()
     run = Run(run_dir, trainer.eval_model, cfg, history, data=d)
     if run_dir is not None:
