@@ -49,6 +49,13 @@ def _finite(text: str) -> float:
     return v
 
 
+def _name_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected column names like age,height, got {text!r}")
+    return names
+
+
 def _on_off(text: str) -> bool:
     if text not in ("on", "off"):
         raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
@@ -64,7 +71,14 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--binarize", "binarize", str, "none | dynamic | static"),
     ("--val-fraction", "val_fraction", _finite, "fraction of train held out for validation"),
     ("--label-column", "label_column", str, "CSV column holding labels"),
-    ("--model", "model", str, "model: vae | iwae"),
+    ("--condition-columns", "condition_columns", _name_list, "CSV columns that form each example's condition vector, e.g. age,sex"),
+    ("--condition", "condition", str, "a second file or image folder paired with --data, one conditioning input per example"),
+    ("--labels-per-class", "labels_per_class", int, "keep N labels per class of the training split, hide the rest (semi-supervised)"),
+    ("--label-seed", "label_seed", int, "seed of the draw of --labels-per-class"),
+    ("--features", "features", str, "a trained run whose encoder gives the features (M1+M2: --model m2 on M1's codes)"),
+    ("--model", "model", str, "model: vae | iwae | cvae | m2"),
+    ("--conditional-prior", "conditional_prior", _on_off, "on | off: conditional models learn p(z|c) instead of N(0, I)"),
+    ("--alpha", "alpha", _finite, "semi-supervised models: weight of the classification term"),
     ("--k", "k", int, "importance samples per example in the IWAE training bound"),
     ("--gradient-estimator", "gradient_estimator", str,
      "IWAE gradient: reparam | dreg (doubly reparameterised: lower-variance encoder gradients)"),
@@ -105,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a VAE and write a run directory")
     for flag, key, typ, hlp in TRAIN_FLAGS:
-        t.add_argument(flag, dest=key, type=typ, default=S, help=hlp)
+        bare = {"nargs": "?", "const": True} if typ is _on_off else {}  # a bare on/off flag means on
+        t.add_argument(flag, dest=key, type=typ, default=S, help=hlp, **bare)
     t.add_argument("--out", help="run directory to write (default: runs/<data>-<n>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--config", help="TOML file with [data], [model], [train] tables")

@@ -33,6 +33,15 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     label_column: str | None = None
+    #: CSV columns taken out of the features as each example's condition vector c.
+    condition_columns: list[str] | None = None
+    #: a second array, table or image folder, one example per data example: the conditioning input c.
+    condition: str | None = None
+    #: keep this many labels per class of the training split, hide the rest (semi-supervised).
+    labels_per_class: int | None = None
+    label_seed: int = 0
+    #: a trained run whose encoder maps the data to features (posterior means) first: M1+M2.
+    features: str | None = None
 
 
 @dataclass

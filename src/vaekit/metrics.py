@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .data.batch import Batch, as_batch, model_inputs
 from .numerics import float_mode, fork_rng
 
 __all__ = ["ACTIVE_UNIT_THRESHOLD", "chunked_log_mean_exp", "evaluate", "iw_chunk_rows", "per_example_scores"]
@@ -97,13 +98,15 @@ def chunked_log_mean_exp(draw: Callable[[int], torch.Tensor], k: int, chunk: int
     return acc - math.log(k)
 
 
-def _iw_log_px(model: Any, xb: torch.Tensor, k: int, rows: int) -> torch.Tensor:
-    """Importance-sampled log p(x) estimate (the K-sample IWAE bound) for each example: (B,)."""
-    per_ex, per_call = _iw_plan(len(xb), k, rows)
+def _iw_log_px(model: Any, b: Batch, k: int, rows: int) -> torch.Tensor:
+    """Importance-sampled log p(x) estimate (the K-sample IWAE bound) for each example: (B,)
+    (log p(x | the example's condition) for a conditional model)."""
+    per_ex, per_call = _iw_plan(len(b), k, rows)
     out = []
-    for i in range(0, len(xb), per_ex):
-        xs = xb[i : i + per_ex]
-        out.append(chunked_log_mean_exp(lambda c: model.log_weights(xs, c), k, per_call))
+    for i in range(0, len(b), per_ex):
+        part = b[i : i + per_ex]
+        extra = model_inputs(model, part)
+        out.append(chunked_log_mean_exp(lambda c: model.log_weights(part.x, c, **extra), k, per_call))
     return torch.cat(out)
 
 
@@ -130,7 +133,7 @@ def _seed(seed: int, device: torch.device) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def _scan(model: Any, x: torch.Tensor, batch_size: int, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+def _scan(model: Any, data: Batch, batch_size: int, fn: Callable[[Batch], dict[str, torch.Tensor]],
           seed: int, bar: Any = None) -> dict[str, torch.Tensor]:
     """Apply ``fn`` batch by batch (seeded once with ``seed``); concatenate its per-example
     outputs on the CPU. Only a batch at a time is on the model's device."""
@@ -139,20 +142,20 @@ def _scan(model: Any, x: torch.Tensor, batch_size: int, fn: Callable[[torch.Tens
     p = next(model.parameters())
     _seed(seed, p.device)
     parts: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(device=p.device, dtype=p.dtype, non_blocking=True)
-        for key, v in fn(xb).items():
+    for i in range(0, len(data), batch_size):
+        b = data[i : i + batch_size].to(p.device, p.dtype, non_blocking=True)
+        for key, v in fn(b).items():
             parts.setdefault(key, []).append(v.detach().to("cpu", torch.float64))
         if bar is not None:
-            bar.update(len(xb))
+            bar.update(len(b))
     return {key: torch.cat(v) for key, v in parts.items()}
 
 
-def _elbo_fn(model: Any) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+def _elbo_fn(model: Any) -> Callable[[Batch], dict[str, torch.Tensor]]:
     """Per example "recon", "kl" (B,); per batch (1, D) summaries, so memory stays O(N + D):
     "kl_sum", and the count / mean / sum of squared deviations of the posterior means."""
-    def fn(xb: torch.Tensor) -> dict[str, torch.Tensor]:
-        t = model.elbo_terms(xb)
+    def fn(b: Batch) -> dict[str, torch.Tensor]:
+        t = model.elbo_terms(b.x, **model_inputs(model, b))
         mu = t["mu"].double()
         m = mu.mean(0, keepdim=True)
         return {"recon": t["recon"], "kl": t["kl"], "kl_sum": t["kl_dims"].sum(0, keepdim=True),
@@ -168,9 +171,9 @@ def _pooled_var(n: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> torch.
     return (m2.sum(0) + (n[:, None] * (mean - grand) ** 2).sum(0)) / total
 
 
-def _nll_fn(model: Any, k: int) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+def _nll_fn(model: Any, k: int) -> Callable[[Batch], dict[str, torch.Tensor]]:
     rows = iw_chunk_rows(model)
-    return lambda xb: {"nll": -_iw_log_px(model, xb, k, rows)}
+    return lambda b: {"nll": -_iw_log_px(model, b, k, rows)}
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -194,25 +197,28 @@ def _check_iw(iw_samples: int | None) -> None:
 
 
 # -- public API --------------------------------------------------------------------------------------
-def loss_terms(model: Any, x: torch.Tensor, *, batch_size: int = 1000, seed: int = 0) -> dict[str, float]:
+def loss_terms(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000, seed: int = 0) -> dict[str, float]:
     """Means over ``x`` of the model's own ``loss`` dict: "elbo", "recon", "kl" (nats per
     example), and "iwae" (the k-sample bound the model trains on) for models that report it,
     weighted by example. Cheap enough for every epoch's validation; fixed noise given
     ``seed``, so epochs compare fairly. RNG, modes and precision are restored as in ``evaluate``."""
-    def fn(xb: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = model.loss(xb)
-        return {k: out[k].detach().reshape(1).expand(len(xb)) for k in ("elbo", "recon", "kl", "iwae") if k in out}
+    def fn(b: Batch) -> dict[str, torch.Tensor]:
+        out = model.loss(b.x, **model_inputs(model, b))
+        return {k: v.detach().reshape(1).expand(len(b)) for k, v in out.items()
+                if k != "loss" and isinstance(v, torch.Tensor) and v.numel() == 1}
 
-    if len(x) == 0:
+    data = as_batch(x)
+    if len(data) == 0:
         raise ValueError("loss_terms needs at least one example")
     with _eval_context(model, seed, None):
-        parts = _scan(model, torch.as_tensor(x), batch_size, fn, seed)
+        parts = _scan(model, data, batch_size, fn, seed)
     return {k: float(v.mean()) for k, v in parts.items()}
 
 
-def evaluate(model: Any, x: torch.Tensor, *, batch_size: int = 1000, iw_samples: int | None = None,
+def evaluate(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000, iw_samples: int | None = None,
              seed: int = 0, progress: bool = False, matmul_precision: str | None = None) -> dict[str, Any]:
-    """Summary metrics of ``model`` on ``x`` (N, *model.spec.shape), as a JSON-able dict.
+    """Summary metrics of ``model`` on ``x`` (N, *model.spec.shape), or on a Batch (a split) that
+    carries what a conditional model reads too, as a JSON-able dict.
 
     Keys (means over the N examples, nats per example, plain floats):
       ``elbo`` = -(recon + kl) with one z ~ q(z|x) per example, and ``elbo_std_err``;
@@ -233,7 +239,7 @@ def evaluate(model: Any, x: torch.Tensor, *, batch_size: int = 1000, iw_samples:
     full fp32, "highest").
     """
     _check_iw(iw_samples)
-    x = torch.as_tensor(x)
+    x = as_batch(x)
     n = len(x)
     if n == 0:
         raise ValueError("evaluate needs at least one example")
@@ -266,7 +272,7 @@ def evaluate(model: Any, x: torch.Tensor, *, batch_size: int = 1000, iw_samples:
     return res
 
 
-def per_example_scores(model: Any, x: torch.Tensor, *, kind: str = "elbo", iw_samples: int = 100,
+def per_example_scores(model: Any, x: torch.Tensor | Batch, *, kind: str = "elbo", iw_samples: int = 100,
                        batch_size: int = 1000, seed: int = 0, progress: bool = False) -> torch.Tensor:
     """One anomaly score per example, (N,) float32 on the CPU, nats; higher = more anomalous.
 
@@ -278,7 +284,7 @@ def per_example_scores(model: Any, x: torch.Tensor, *, kind: str = "elbo", iw_sa
     if kind not in _SCORE_KINDS:
         raise ValueError(f"unknown score kind {kind!r}; valid: {', '.join(_SCORE_KINDS)}")
     _check_iw(iw_samples)
-    x = torch.as_tensor(x)
+    x = as_batch(x)
     if len(x) == 0:
         return torch.zeros(0)
     bar = _progress(len(x), progress, f"scores ({kind})")

@@ -82,7 +82,8 @@ def load_run_data(cfg: RunConfig, data_dir: str | None = None) -> Data:
     dc = cfg.data
     return load_data(dc.source, data_dir=data_dir or dc.data_dir, image_size=dc.image_size, binarize=dc.binarize,
                      val_fraction=dc.val_fraction, test_fraction=dc.test_fraction, seed=cfg.train.seed,
-                     label_column=dc.label_column)
+                     label_column=dc.label_column, condition_columns=dc.condition_columns, condition=dc.condition,
+                     labels_per_class=dc.labels_per_class, label_seed=dc.label_seed)
 
 
 def _write_config(run_dir: Path, cfg: RunConfig, model: BaseModel, data: Data, *, resumed: bool = False) -> None:

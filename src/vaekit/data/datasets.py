@@ -17,24 +17,15 @@ from ..errors import DataError, UsageError
 from ..registry import Registry
 from . import download as dl
 from .readers import array_kind, read_amat, read_array, read_csv, read_idx, read_image_folder, to_examples
+from .batch import UNLABELLED, Batch
 from .spec import DataSpec
 
 BINARIZE = ("none", "static", "dynamic")
 _STREAM = {"train": 0, "val": 1, "test": 2, "inputs": 3}  # one binarization RNG stream per split
 
 
-@dataclass(repr=False)
-class Split:
-    """One split. ``x``: float32 (N, *spec.shape), contiguous; ``y``: int64 (N,) class indices, or None."""
-
-    x: torch.Tensor
-    y: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    def __repr__(self) -> str:
-        return f"Split(x={tuple(self.x.shape)}, y={None if self.y is None else tuple(self.y.shape)})"
+#: One split of a dataset: a batch of all its examples (x, y with -1 for hidden labels, c).
+Split = Batch
 
 
 @dataclass
@@ -63,6 +54,7 @@ class _Raw:
     parts: dict[str, tuple[np.ndarray, np.ndarray | None]]
     kind: str
     info: dict[str, Any] = field(default_factory=dict)
+    conds: dict[str, np.ndarray] | None = None  # a condition c per part, aligned with its examples
 
 
 DATASETS: Registry = Registry("dataset")
@@ -136,9 +128,11 @@ def _encode_labels(y: np.ndarray, where: Path | str, classes: list | None = None
 
 
 def _read_path(p: Path, image_size: int | tuple[int, int] | None, label_column: str | None,
-               color: str | None = None, need_label: bool = True, allow_missing: bool = False) -> tuple[str, _Raw]:
+               color: str | None = None, need_label: bool = True, allow_missing: bool = False,
+               condition_columns: list[str] | None = None) -> tuple[str, _Raw]:
     """Read a folder or file into raw arrays; returns (kind of source, _Raw). ``allow_missing``: NaN
-    (and empty CSV cells) pass as missing values instead of being refused."""
+    (and empty CSV cells) pass as missing values instead of being refused. ``condition_columns``:
+    CSV columns taken out of the features as the condition c (when ``need_label``, they must exist)."""
     if not p.exists():
         raise DataError(f"no such file or directory: {p}")
     if p.is_dir():
@@ -151,17 +145,60 @@ def _read_path(p: Path, image_size: int | tuple[int, int] | None, label_column: 
     suffix = p.suffix.lower()
     if suffix == ".csv" or suffix == ".tsv":
         x, y, cols, lab = read_csv(p, label_column, need_label, allow_missing)
-        return "csv", _Raw({"all": (x, y)}, "continuous", {"columns": cols, "label_column": lab})
+        raw = _Raw({"all": (x, y)}, "continuous", {"columns": cols, "label_column": lab})
+        if condition_columns:
+            _take_condition_columns(raw, p, condition_columns, required=need_label)
+        return "csv", raw
     if suffix in (".npy", ".npz"):
-        x, y = read_array(p)
+        x, y, c = read_array(p, with_condition=True)
         x = to_examples(x, p, allow_missing)
         if y is not None and len(y) != len(x):
             raise DataError(f"{p}: {len(y)} labels for {len(x)} examples")
-        return "array", _Raw({"all": (x, y)}, array_kind(x))
+        conds = None if c is None else {"all": _condition_array(c, len(x), p)}
+        return "array", _Raw({"all": (x, y)}, array_kind(x), conds=conds)
     if "idx" in p.name or p.name.endswith("-ubyte"):
         x = to_examples(read_idx(p), p)
         return "array", _Raw({"all": (x, None)}, "8bit")
     raise DataError(f"{p}: unsupported file type {suffix!r}; use an image folder, .npy, .npz or .csv")
+
+
+def _take_condition_columns(raw: _Raw, p: Path, names: list[str], required: bool) -> None:
+    """Move the CSV feature columns ``names`` out of x into the condition c (in the order given)."""
+    cols = raw.info.get("columns")
+    if not cols:
+        raise UsageError(f"--condition-columns needs a CSV with a header row; {p} has none")
+    missing = [n for n in names if n not in cols]
+    if missing:
+        if not required:
+            return
+        raise UsageError(f"condition column(s) {', '.join(map(repr, missing))} not in {p}; columns: {', '.join(cols)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--condition-columns names a column twice: {', '.join(names)}")
+    x, y = raw.parts["all"]
+    take = [cols.index(n) for n in names]
+    keep = [j for j in range(len(cols)) if j not in take]
+    if not keep:
+        raise UsageError(f"--condition-columns takes every feature column of {p}; leave some to model")
+    raw.parts["all"] = (np.ascontiguousarray(x[:, keep]), y)
+    raw.conds = {"all": np.ascontiguousarray(x[:, take])}
+    raw.info["columns"] = [cols[j] for j in keep]
+    raw.info["condition_columns"] = list(names)
+
+
+def _condition_array(c: np.ndarray, n: int, where: Path | str) -> np.ndarray:
+    """A condition array checked against n examples: vectors (N, C) or inputs (N, C, H, W)."""
+    c = np.asarray(c)
+    if c.dtype.kind not in "biuf":
+        raise DataError(f"{where}: the condition must be numeric, got dtype {c.dtype}")
+    if c.ndim == 1:
+        c = c[:, None]
+    if len(c) != n:
+        raise DataError(f"{where}: {len(c)} conditions for {n} examples; give one per example")
+    if c.ndim > 2:
+        c = to_examples(c, Path(str(where)))
+    elif not np.isfinite(c).all():
+        raise DataError(f"{where}: the condition holds NaN or infinite values; drop or fill them")
+    return c
 
 
 def _observed_range(t: torch.Tensor) -> tuple[float, float] | None:
@@ -190,26 +227,91 @@ def _count(fraction: float, n: int) -> int:
     return 0 if fraction <= 0 else max(1, int(round(fraction * n)))
 
 
-def _carve(x: torch.Tensor, y: np.ndarray | None, counts: list[int], rng: np.random.Generator):
-    """Split ``x`` into len(counts) random parts of those sizes, plus the rest (first); each part in file order."""
-    perm = rng.permutation(len(x))
+def _carve(arrays: tuple, counts: list[int], rng: np.random.Generator) -> list[tuple]:
+    """Split aligned ``arrays`` (x, y, c; None entries pass through) into len(counts) random parts of
+    those sizes, plus the rest (first); each part in file order."""
+    n = len(arrays[0])
+    perm = rng.permutation(n)
     ends = np.cumsum(counts)
     idx = [np.sort(i) for i in [perm[ends[-1]:]] + [perm[e - c:e] for c, e in zip(counts, ends)]]
-    return [(x.index_select(0, torch.from_numpy(i)), None if y is None else y[i]) for i in idx]
+
+    def take(a: Any, i: np.ndarray) -> Any:
+        if a is None:
+            return None
+        return a.index_select(0, torch.from_numpy(i)) if isinstance(a, torch.Tensor) else a[i]
+    return [tuple(take(a, i) for a in arrays) for i in idx]
+
+
+def hide_labels(y: torch.Tensor, per_class: int, seed: int, classes: list | None = None) -> torch.Tensor:
+    """Keep ``per_class`` labels of each class (chosen at random with ``seed``) and set the others to
+    ``UNLABELLED``: the semi-supervised protocol (e.g. 10 per class = 100 labels on MNIST)."""
+    if per_class < 1:
+        raise UsageError(f"--labels-per-class must be at least 1, got {per_class}")
+    y_np = y.numpy()
+    rng = np.random.default_rng([seed % 2**32, 0x1ABE1])
+    keep = np.zeros(len(y_np), bool)
+    for k in np.unique(y_np[y_np != UNLABELLED]):
+        where = np.flatnonzero(y_np == k)
+        if len(where) < per_class:
+            name = classes[int(k)] if classes else int(k)
+            raise UsageError(f"--labels-per-class {per_class} is more than class {name!r} has in the training "
+                             f"split ({len(where)}); use at most {len(where)}")
+        keep[rng.choice(where, per_class, replace=False)] = True
+    return torch.from_numpy(np.where(keep, y_np, UNLABELLED).astype(np.int64))
+
+
+def _standardizer(t: torch.Tensor) -> dict[str, list[float]]:
+    """Per-feature mean and population std of a (N, D) tensor (constant columns get std 1)."""
+    mean, sd = t.mean(0), t.std(0, correction=0)  # population std, as sklearn does
+    sd = torch.where((t == t[:1]).all(0), torch.ones_like(sd), sd)
+    return {"mean": mean.tolist(), "std": sd.tolist()}
+
+
+def _standardize(t: torch.Tensor, stats: dict[str, list[float]]) -> torch.Tensor:
+    """(t - mean) / std per feature of the flattened examples (or with one global pair), in t's shape."""
+    mean, sd = (torch.tensor(stats[k], dtype=t.dtype) for k in ("mean", "std"))
+    return ((t.flatten(1) - mean) / sd).reshape(t.shape)
+
+
+def _prepare_condition(c: np.ndarray) -> tuple[torch.Tensor, str]:
+    """Raw conditions -> (tensor, kind): vectors keep their values (standardised later unless they
+    lie in [0, 1]); images are scaled like images."""
+    kind = array_kind(c)
+    return _scale(c, "continuous" if kind == "continuous" else kind), kind
+
+
+def _paired_condition(path: str, n: int, image_size: int | None) -> np.ndarray:
+    """The conditioning input paired with the data: a second array, table or image folder with one
+    example per data example, in the same order."""
+    p = Path(path).expanduser()
+    _, raw = _read_path(p, image_size, None, need_label=False)
+    if "all" not in raw.parts:
+        raise UsageError(f"--condition {path}: expected a file or folder of examples")
+    c = raw.parts["all"][0]
+    if raw.kind == "8bit" and c.dtype == np.uint8:
+        c = c.astype(np.float32) / 255.0
+    return _condition_array(c, n, p)
 
 
 def load_data(source: str, *, data_dir: str | None = None, image_size: int | None = None, binarize: str = "none",
               val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, download: bool = True,
-              label_column: str | None = None) -> Data:
+              label_column: str | None = None, condition_columns: list[str] | None = None,
+              condition: str | None = None, labels_per_class: int | None = None, label_seed: int = 0) -> Data:
     """Load a named dataset (``DATASETS``: digits, mnist, fashion-mnist, binarized-mnist) or a path.
 
-    Paths: a folder of images (subfolder names become labels), ``.npy``/``.npz`` arrays or a ``.csv``
-    table. Without an official split, ``test_fraction`` then ``val_fraction`` of the examples are
-    drawn at random with ``seed``; MNIST-style datasets take val from train. Images become
-    (C, H, W) in [0, 1]; other real-valued data is standardised per feature with train statistics.
-    ``binarize``: "none", "static" (each split sampled once) or "dynamic" (train re-sampled by the
-    trainer each epoch). Deterministic given the arguments. Raises DataError or UsageError.
-    A dataset name wins over a same-named file or folder: write ``./digits`` for the path.
+    Paths: a folder of images (subfolder names become labels), ``.npy``/``.npz`` arrays (keys x, y
+    and c) or a ``.csv`` table. Without an official split, ``test_fraction`` then ``val_fraction`` of
+    the examples are drawn at random with ``seed``; MNIST-style datasets take val from train. Images
+    become (C, H, W) in [0, 1]; other real-valued data is standardised per feature with train
+    statistics. ``binarize``: "none", "static" (each split sampled once) or "dynamic" (train
+    re-sampled by the trainer each epoch). Deterministic given the arguments. Raises DataError or
+    UsageError. A dataset name wins over a same-named file or folder: write ``./digits`` for the path.
+
+    Conditions: ``condition_columns`` (CSV columns taken out of the features), a ``.npz`` key
+    ``c``, or ``condition`` (a second file or image folder paired example by example) give each
+    example a condition c (vectors are standardised with train statistics unless in [0, 1]).
+    ``labels_per_class`` N keeps N labels per class of the training split (drawn with
+    ``label_seed``) and marks the rest ``UNLABELLED`` (-1); val and test keep theirs.
     """
     if binarize not in BINARIZE:
         raise UsageError(f"unknown binarize {binarize!r}; valid: {', '.join(BINARIZE)}")
@@ -220,15 +322,27 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
         raise UsageError(f"val_fraction + test_fraction must be below 1, got {val_fraction + test_fraction}")
     if image_size is not None and (int(image_size) != image_size or image_size < 1):
         raise UsageError(f"image_size must be a positive integer, got {image_size!r}")
+    if labels_per_class is not None and labels_per_class < 1:
+        raise UsageError(f"--labels-per-class must be at least 1, got {labels_per_class}")
     src = str(source)
     if src in DATASETS:
+        if condition_columns:
+            raise UsageError(f"--condition-columns picks columns of a CSV file; {src} is a built-in image dataset")
         kind_of_source, raw = "dataset", DATASETS.get(src)(data_dir, download)
     else:
         p = Path(src).expanduser()
         if not p.exists() and not any(c in src for c in "/\\~") and not p.suffix:
             DATASETS.get(src)  # not a path either: the registry's "unknown dataset ... did you mean"
-        kind_of_source, raw = _read_path(p, image_size, label_column)
+        if condition_columns and p.suffix.lower() not in (".csv", ".tsv"):
+            raise UsageError(f"--condition-columns picks columns of a CSV file; {src} is not one")
+        kind_of_source, raw = _read_path(p, image_size, label_column, condition_columns=condition_columns)
         src = str(p.resolve())
+    if condition is not None:
+        if "all" not in raw.parts:
+            raise UsageError(f"--condition pairs a file with data that has no fixed split; {source} comes split")
+        if raw.conds is not None:
+            raise UsageError(f"{source} already carries a condition (c); drop --condition or the c in the data")
+        raw.conds = {"all": _paired_condition(condition, len(raw.parts["all"][0]), image_size)}
     kind = raw.kind
     if binarize != "none" and kind == "continuous":
         raise UsageError(f"binarize={binarize!r} needs values in [0, 1], but {source} is real-valued (continuous)")
@@ -236,7 +350,15 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
     classes = None
     if all(y is not None for y in ys):
         _, classes = _encode_labels(np.concatenate(ys), src, raw.info.get("classes"))
-    parts = {k: (_scale(x, kind), None if y is None else _encode_labels(y, src, classes)[0])
+    elif labels_per_class is not None:
+        raise UsageError(f"--labels-per-class hides labels, but {source} has none; give data with labels "
+                         "(a class-per-subfolder image folder, a CSV --label-column, or an .npz with y)")
+    cond_kind = None
+    conds = {}
+    for k in raw.parts:
+        c = None if raw.conds is None else raw.conds[k]
+        conds[k], cond_kind = (None, None) if c is None else _prepare_condition(c)
+    parts = {k: (_scale(x, kind), None if y is None else _encode_labels(y, src, classes)[0], conds[k])
              for k, (x, y) in raw.parts.items()}
     shape = tuple(next(iter(parts.values()))[0].shape[1:])
     if image_size is not None and kind_of_source != "images" and shape[-2:] != (image_size, image_size):
@@ -245,29 +367,33 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
     if "all" in parts:
         n = len(parts["all"][0])
         counts = [_count(test_fraction, n), _count(val_fraction, n)]
-        train, test, val = _carve(*parts["all"], counts, rng)
+        train, test, val = _carve(parts["all"], counts, rng)
     else:
         train, test = parts["train"], parts["test"]
         val = parts.get("val")
         if val is None:
-            train, val = _carve(*train, [_count(val_fraction, len(train[0]))], rng)
+            train, val = _carve(train, [_count(val_fraction, len(train[0]))], rng)
     if len(train[0]) < 1:
         raise DataError(f"{source}: too few examples ({sum(len(s[0]) for s in (train, val, test))}) to split")
     splits = {"train": train, "val": val, "test": test}
-    std = None
+    std = cond_std = None
     if kind == "continuous":
         xt = train[0]
-        flat = xt if xt.ndim == 2 else xt.reshape(-1, 1)  # per feature for tables, one global pair otherwise
-        mean, sd = flat.mean(0), flat.std(0, correction=0)  # population std, as sklearn does
-        sd = torch.where((flat == flat[:1]).all(0), torch.ones_like(sd), sd)  # constant columns: std 1
-        std = {"mean": mean.tolist(), "std": sd.tolist()}
-        splits = {k: (((x.flatten(1) - mean) / sd).reshape(x.shape), y) for k, (x, y) in splits.items()}
+        std = _standardizer(xt if xt.ndim == 2 else xt.reshape(-1, 1))  # per feature for tables, else one pair
+        splits = {k: (_standardize(x, std), y, c) for k, (x, y, c) in splits.items()}
+    if cond_kind == "continuous":
+        ct = train[2]
+        cond_std = _standardizer(ct if ct.ndim == 2 else ct.reshape(-1, 1))
+        splits = {k: (x, y, _standardize(c, cond_std)) for k, (x, y, c) in splits.items()}
     out: dict[str, Split] = {}
-    for k, (x, y) in splits.items():
+    for k, (x, y, c) in splits.items():
         x = x.to(torch.float32).contiguous()
         if binarize == "static" or (binarize == "dynamic" and k != "train"):
             x = _bernoulli(x, seed, k)
-        out[k] = Split(x, None if y is None else torch.as_tensor(y, dtype=torch.int64))
+        out[k] = Split(x, None if y is None else torch.as_tensor(y, dtype=torch.int64),
+                       None if c is None else c.to(torch.float32).contiguous())
+    if labels_per_class is not None:
+        out["train"] = out["train"].replace(y=hide_labels(out["train"].y, labels_per_class, label_seed, classes))
     info = {k: v for k, v in raw.info.items() if k != "classes"}
     if "color" not in info and len(shape) == 3:
         info["color"] = {1: "L", 3: "RGB"}.get(shape[0])
@@ -275,7 +401,15 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
               "image_size": image_size, "color": info.pop("color", None), "standardize": std,
               "label_column": info.pop("label_column", label_column), "classes": classes, "seed": seed,
               "val_fraction": val_fraction, "test_fraction": test_fraction, **info}
-    spec = DataSpec(shape, "binary" if binarize != "none" else kind, None if classes is None else len(classes))
+    if cond_kind is not None:
+        record.update(condition=str(Path(condition).expanduser().resolve()) if condition else None,
+                      condition_kind=cond_kind, condition_standardize=cond_std)
+    if labels_per_class is not None:
+        record.update(labels_per_class=labels_per_class, label_seed=label_seed,
+                      labelled=int((out["train"].y != UNLABELLED).sum()))
+    cond_shape = None if out["train"].c is None else tuple(out["train"].c.shape[1:])
+    spec = DataSpec(shape, "binary" if binarize != "none" else kind, None if classes is None else len(classes),
+                    cond_shape)
     return Data(spec, out["train"], out["val"], out["test"], record, binarize == "dynamic")
 
 
@@ -294,7 +428,8 @@ def load_inputs(path: str, spec: DataSpec, source: dict, *, allow_missing: bool 
     color = source.get("color") or ({1: "L", 3: "RGB"}.get(spec.shape[0]) if spec.is_image else None)
     if p.is_dir() and not spec.is_image:
         raise DataError(f"{p} is an image folder, but the model expects vectors of shape {spec.shape}")
-    _, raw = _read_path(p, size, source.get("label_column"), color, need_label=False, allow_missing=allow_missing)
+    _, raw = _read_path(p, size, source.get("label_column"), color, need_label=False, allow_missing=allow_missing,
+                        condition_columns=source.get("condition_columns"))
     x, y = raw.parts["all"]
     if raw.info.get("columns") and source.get("columns") and raw.info["columns"] != source["columns"]:
         raise DataError(f"{p}: columns {raw.info['columns']} differ from the training columns {source['columns']}")
@@ -320,5 +455,17 @@ def load_inputs(path: str, spec: DataSpec, source: dict, *, allow_missing: bool 
         raise DataError(f"{p}: the model was trained on binary data, but these values are not all 0 or 1; "
                         f"binarize them first")
     labels = None if y is None else torch.from_numpy(_encode_labels(y, p, source.get("classes"))[0])
-    return Split(t, labels)
+    return Split(t, labels, _input_condition(raw, p, spec, source))
+
+
+def _input_condition(raw: _Raw, p: Path, spec: DataSpec, source: dict) -> torch.Tensor | None:
+    """The condition that came with new inputs, prepared like the training conditions (or None)."""
+    if raw.conds is None or spec.cond_shape is None:
+        return None
+    c, _ = _prepare_condition(raw.conds["all"])
+    if source.get("condition_standardize"):
+        c = _standardize(c.to(torch.float64), source["condition_standardize"])
+    if tuple(c.shape[1:]) != spec.cond_shape:
+        raise DataError(f"{p}: conditions have shape {tuple(c.shape[1:])}, the model expects {spec.cond_shape}")
+    return c.to(torch.float32).contiguous()
 

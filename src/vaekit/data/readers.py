@@ -19,6 +19,7 @@ from ..errors import DataError, UsageError
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 X_KEYS = ("x", "X", "images", "data", "arr_0")  # .npz keys tried for the examples, in this order
 Y_KEYS = ("y", "Y", "labels", "targets")  # ... and for the labels
+C_KEYS = ("c", "cond", "condition", "conditions")  # ... and for a condition per example
 MISSING_CELLS = ("", "nan", "na", "n/a")  # CSV cells read as missing values when read_csv(allow_missing=True)
 LABEL_NAMES = ("label", "labels", "y", "target", "class", "outlier")  # CSV label column names (any case)
 
@@ -173,21 +174,26 @@ def read_image_folder(root: Path, size: tuple[int, int] | None,
     return x, y, color
 
 
-def read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """A ``.npy`` array, or a ``.npz``'s examples (keys X_KEYS) and labels (keys Y_KEYS, optional).
+def read_array(path: Path, with_condition: bool = False) -> tuple[np.ndarray, ...]:
+    """A ``.npy`` array, or a ``.npz``'s examples (keys X_KEYS) and labels (keys Y_KEYS, optional):
+    (x, y); with ``with_condition`` also its conditions (keys C_KEYS, optional): (x, y, c).
 
     Loaded with ``allow_pickle=False``: object arrays would run pickle code, so they are refused.
     """
     try:
         obj = np.load(path, allow_pickle=False)
         if isinstance(obj, np.ndarray):
-            return obj, None
+            return (obj, None, None) if with_condition else (obj, None)
         with obj:
             xk = next((k for k in X_KEYS if k in obj.files), None)
             if xk is None:
                 raise DataError(f"{path}: no array named {'/'.join(X_KEYS)} (it holds: {', '.join(obj.files)})")
             yk = next((k for k in Y_KEYS if k in obj.files), None)
-            return obj[xk], (obj[yk] if yk else None)
+            out = (obj[xk], (obj[yk] if yk else None))
+            if with_condition:
+                ck = next((k for k in C_KEYS if k in obj.files), None)
+                out += (obj[ck] if ck else None,)
+            return out
     except DataError:
         raise
     except ValueError as e:

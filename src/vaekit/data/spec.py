@@ -18,14 +18,19 @@ class DataSpec:
         (real values in [0, 1] that are not 8-bit, e.g. sklearn digits scaled by 1/16), or
         "continuous" (any real values, e.g. standardised table columns).
     num_classes: number of label classes when labels exist, else None.
+    cond_shape: per-example shape of the condition ``c`` (an attribute vector (C,) or a conditioning
+        input such as an image (C, H, W)) when the data carry one, else None.
     """
 
     shape: tuple[int, ...]
     kind: str
     num_classes: int | None = None
+    cond_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if self.cond_shape is not None:
+            object.__setattr__(self, "cond_shape", tuple(int(s) for s in self.cond_shape))
         if self.kind not in KINDS:
             raise ValueError(f"DataSpec.kind must be one of {KINDS}, got {self.kind!r}")
         if not self.shape or any(s <= 0 for s in self.shape):
@@ -43,8 +48,11 @@ class DataSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        d["cond_shape"] = None if self.cond_shape is None else list(self.cond_shape)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
-        return cls(shape=tuple(d["shape"]), kind=d["kind"], num_classes=d.get("num_classes"))
+        cond = d.get("cond_shape")
+        return cls(shape=tuple(d["shape"]), kind=d["kind"], num_classes=d.get("num_classes"),
+                   cond_shape=None if cond is None else tuple(cond))

@@ -40,6 +40,9 @@ class ModelConfig:
         Gaussians, p(z2) = N(0, I)); 0 (the default) means one stochastic layer.
     hidden2: widths of the MLPs between z1 and z2 (q(z2|z1) in this order, p(z1|z2) mirrored);
         None picks half of each ``hidden`` width (200,200 -> 100,100, the paper's sizes).
+    conditional_prior: conditional models: a learned prior p(z|c) instead of N(0, I).
+    alpha: semi-supervised models (M2): weight of the classification term on labelled examples
+        (Kingma et al. 2014's alpha, see ``models.m2``).
     """
 
     model: str = "vae"
@@ -55,6 +58,8 @@ class ModelConfig:
     gradient_estimator: str = "reparam"
     latent_dim2: int = 0
     hidden2: list[int] | None = None
+    conditional_prior: bool = False
+    alpha: float = 0.1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self, spec: DataSpec) -> "ModelConfig":
@@ -102,9 +107,18 @@ class ModelConfig:
 class BaseModel(nn.Module):
     """What every model offers. Subclasses implement the encoder/decoder specifics.
 
-    Contract: ``loss(x, kl_weight=1.0)`` returns a dict with "loss" (scalar to minimise) and
-    "elbo", "recon", "kl" (detached batch means, nats per example); extra keys are logged.
+    Contract: ``loss(x, kl_weight=1.0, **fields)`` returns a dict with "loss" (scalar to minimise)
+    and "elbo", "recon", "kl" (detached batch means, nats per example); extra keys are logged.
+
+    ``batch_fields`` names what the model reads from a batch besides x (e.g. ("y",) or ("c",)):
+    the trainer, metrics and apps pass those fields of a ``data.batch.Batch`` as keyword
+    arguments to ``loss``, ``elbo_terms`` and ``log_weights``. A model that wants labelled
+    examples in every training batch (few labels among many examples) sets
+    ``labelled_per_batch``.
     """
+
+    batch_fields: tuple[str, ...] = ()
+    labelled_per_batch: int = 0
 
     def __init__(self, config: ModelConfig, spec: DataSpec) -> None:
         super().__init__()

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import TrainConfig
+from ..data.batch import Batch, labelled_first_order, model_inputs
 from ..data.datasets import Data
 from ..errors import TrainingError, UsageError
 from ..functional.schedules import SCHEDULES, kl_weight_at
@@ -102,10 +103,11 @@ class Trainer:
         self.state: dict[str, Any] = {"epoch": 0, "step": 0, "best_val": -math.inf, "best_metric": None,
                                       "best_epoch": -1, "since_best": 0, "skipped_steps": 0}
         self.history: list[dict[str, Any]] = []
-        # The whole training set is moved to the device once; batches are slices of it.
-        self.train_x = data.train.x.to(self.device)
+        # The whole training set (x and whatever comes with it) is moved to the device once;
+        # batches are slices of it.
+        self.train = data.train.to(self.device)
         if cfg.data_init:
-            self.model.init_from_data(self.train_x[:10000])
+            self.model.init_from_data(self.train.x[:10000])
         self.average = WeightAverage(self.model, cfg.weight_average) if cfg.weight_average > 0 else None
         self.eval_model = self.average.model if self.average is not None else self.model
         # The hand-derived step where it applies (same loss and gradients as autograd).
@@ -113,12 +115,19 @@ class Trainer:
         low = torch.bfloat16 if cfg.matmul_precision == "medium" else None
         # On a GPU the whole autograd step is recorded as a CUDA graph instead (see graphed.py):
         # there the launches, not the arithmetic, limit small models.
-        self.use_graphs = self.device.type == "cuda" and cfg.cuda_graphs and self.opt.fused
+        # (Only for models that read x alone: the recorded step takes one input tensor.)
+        self.use_graphs = (self.device.type == "cuda" and cfg.cuda_graphs and self.opt.fused
+                           and not getattr(self.model, "batch_fields", ()))
         self.graphed: GraphedStep | None = None
         fast = cfg.fast_path and supports(self.model) and not self.use_graphs
         self.fast = FastStep(self.model, matmul_dtype=low) if fast else None
         self._found_inf = torch.zeros(1, device=self.device)
         self._one = torch.ones(1, device=self.device)
+
+    @property
+    def train_x(self) -> torch.Tensor:
+        """The training examples on the device (N, *spec.shape)."""
+        return self.train.x
 
     # -- persistence ----------------------------------------------------------------------------
     def _rng_state(self) -> dict[str, torch.Tensor]:
@@ -154,10 +163,20 @@ class Trainer:
             write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     # -- the loop ---------------------------------------------------------------------------------
-    def _epoch_batches(self) -> torch.Tensor:
+    def _epoch_order(self) -> torch.Tensor:
+        """This epoch's order of the training examples. A model that asks for labelled examples in
+        every batch (``labelled_per_batch``, e.g. M2 with 100 labels among 50,000) gets them
+        cycled through the epoch; otherwise one random permutation."""
+        per = int(getattr(self.model, "labelled_per_batch", 0))
+        mask = self.train.labelled
+        if per and mask is not None and 0 < int(mask.sum()) < len(mask):
+            return labelled_first_order(mask.cpu(), self.cfg.batch_size, per, self.gen)
+        return torch.randperm(len(self.train_x), generator=self.gen)
+
+    def _epoch_batches(self) -> Batch:
         """This epoch's training data, shuffled with one gather (and re-binarized if dynamic)."""
-        perm = torch.randperm(len(self.train_x), generator=self.gen).to(self.device)
-        xs = self.train_x.index_select(0, perm)
+        batch = self.train.select(self._epoch_order().to(self.device))
+        xs = batch.x
         if self.data.dynamic_binarize:
             if self.device.type == "cpu":
                 u = torch.rand(xs.shape, generator=self.gen)
@@ -166,7 +185,7 @@ class Trainer:
                 g = torch.Generator(device=self.device).manual_seed(seed)
                 u = torch.rand(xs.shape, generator=g, device=self.device)
             xs = (u < xs).to(xs.dtype)
-        return xs
+        return batch.replace(x=xs)
 
     def _graph_step(self, example: torch.Tensor) -> GraphedStep | None:
         """The recorded step, made on first use.
@@ -207,8 +226,8 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
-        xs = self._epoch_batches()
-        n, bs = len(xs), cfg.batch_size
+        batch = self._epoch_batches()
+        n, bs = len(batch), cfg.batch_size
         # Per-step (loss, elbo, recon, kl) tensors, reduced once per epoch: no extra kernels
         # or device syncs on the training step.
         terms: list[tuple[torch.Tensor, ...]] = []
@@ -217,11 +236,12 @@ class Trainer:
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}", refresh=False)
         t0, bad_run = time.perf_counter(), 0
         self.model.train()
-        graph = self._graph_step(xs[:bs]) if self.use_graphs and n >= bs else None
+        graph = self._graph_step(batch.x[:bs]) if self.use_graphs and n >= bs else None
         if graph is not None:
             graph.set_lr(self.opt.lr)
         for i in range(0, n, bs):
-            xb = xs[i : i + bs]
+            b = batch[i : i + bs]
+            xb = b.x
             kl_w = kl_weight_at(epoch + i / n, cfg.kl_warmup, cfg.kl_schedule)
             if graph is not None and len(xb) == bs:  # queued on the GPU; counted and checked at the end
                 graph.step(xb, kl_w)
@@ -233,7 +253,7 @@ class Trainer:
             if self.fast is not None:
                 out = self.fast.step(xb, kl_weight=kl_w)  # sets every p.grad
             else:
-                out = self.model.loss(xb, kl_weight=kl_w)
+                out = self.model.loss(xb, kl_weight=kl_w, **model_inputs(self.model, b))
                 self.opt.zero_grad()  # in place: reused gradient buffers cost no page faults
                 out["loss"].backward()
             if not self._grads_finite(out["loss"], out.get("grad_check")):
@@ -288,7 +308,7 @@ class Trainer:
                 if self.average is not None:
                     self.average.sync_buffers()
                 if len(self.data.val):  # with no validation split the last epoch counts as best
-                    val = loss_terms(self.eval_model, self.data.val.x, batch_size=cfg.eval_batch_size, seed=cfg.seed + 1)
+                    val = loss_terms(self.eval_model, self.data.val, batch_size=cfg.eval_batch_size, seed=cfg.seed + 1)
                     rec.update({f"val_{k}": v for k, v in val.items()})
                 rec["step"], rec["skipped_steps"] = self.state["step"], self.state["skipped_steps"]
                 self._end_epoch(epoch, rec)
