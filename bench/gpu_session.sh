@@ -5,7 +5,7 @@
 #   here, once:  mkdir -p .gpu && cp -r ../shared/data/mnist .gpu/ && echo /.gpu/ >> .git/info/exclude
 #   device tool: run(command="bash bench/gpu_session.sh SECONDS [gpu_budget_run.py arguments]",
 #                    carry=[".gpu"], timeout_s=SECONDS + 60)
-#   e.g.         GPU_TESTS=graphs bash bench/gpu_session.sh 280 --resume-copy bench/checkpoints/iwae-2layer
+#   e.g.         GPU_TESTS=graphs bash bench/gpu_session.sh 280 --resume-copy runs/iwae-2layer
 #                bash bench/gpu_session.sh 420 --config bench/recipes/iwae-2layer-gpu.toml
 #
 # 1. The CUDA tests (tests/test_cuda_graphs.py decides --cuda-graphs: all four must pass, else
