@@ -104,27 +104,46 @@ def _binarized(data_dir: str | None, download: bool) -> _Raw:
 
 
 def _encode_labels(y: np.ndarray, where: Path | str, classes: list | None = None) -> tuple[np.ndarray, list]:
-    """Labels -> int64 indices into ``classes`` (sorted distinct values, numbers where they are numbers)."""
+    """Labels -> int64 indices into ``classes`` (sorted distinct values, numbers where they are numbers).
+
+    Unlabelled examples get ``UNLABELLED`` (-1): empty label cells, and the value -1 when the other
+    labels are at least two distinct non-negative integers (scikit-learn's semi-supervised
+    convention; a -1/+1 anomaly labelling keeps -1 as a class).
+    """
     y = np.asarray(y).reshape(len(y), -1)
     if y.shape[1] != 1:
         raise DataError(f"{where}: labels must be one value per example, got shape {y.shape}")
     y = y[:, 0]
+    blank = np.zeros(len(y), bool)
     if y.dtype.kind in "US":
+        blank = np.char.strip(y.astype(str)) == ""
         try:
-            y = y.astype(np.float64)
+            y = np.where(blank, "0", y).astype(np.float64)
         except ValueError:
             pass  # text class names
     if y.dtype.kind == "f":
         if not np.isfinite(y).all():
             raise DataError(f"{where}: labels hold NaN or infinite values")
-        if (y == np.round(y)).all():
-            y = y.astype(np.int64)
-    values, inverse = np.unique(y, return_inverse=True)
+        if not (y == np.round(y)).all():
+            bad = y[y != np.round(y)][0]
+            raise DataError(f"{where}: labels must be integers or class names, got {bad:g}; "
+                            "give class indices or names (a real-valued target is a condition: --condition-columns)")
+        y = y.astype(np.int64)
+    if y.dtype.kind in "iu":
+        rest = np.unique(y[~blank & (y != -1)])
+        if len(rest) >= 2 and rest.min() >= 0:
+            blank |= y == -1
+    if blank.all():
+        raise DataError(f"{where}: every label is missing; give some labels, or no label column")
+    values, inverse = np.unique(y[~blank], return_inverse=True)
     vals = values.tolist()
+    out = np.full(len(y), UNLABELLED, np.int64)
     if classes is not None and set(vals) <= set(classes):
         lookup = {c: i for i, c in enumerate(classes)}
-        return np.array([lookup[v] for v in vals], np.int64)[inverse.ravel()], classes
-    return inverse.ravel().astype(np.int64), vals
+        out[~blank] = np.array([lookup[v] for v in vals], np.int64)[inverse.ravel()]
+        return out, classes
+    out[~blank] = inverse.ravel()
+    return out, vals
 
 
 def _read_path(p: Path, image_size: int | tuple[int, int] | None, label_column: str | None,

@@ -1,0 +1,128 @@
+"""Labels, hidden labels and conditions carried through the data layer as one Batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vaekit.data.batch import UNLABELLED, Batch, labelled_first_order
+from vaekit.data.datasets import hide_labels, load_data, load_inputs
+from vaekit.errors import DataError, UsageError
+
+
+def _csv(path, rows, header="a,b,age,height,label"):
+    path.write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    return path
+
+
+def _table(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(round(rng.normal(), 4), round(rng.normal(), 4), int(rng.integers(20, 70)), round(rng.normal(170, 9), 1),
+             ["cat", "dog", "owl"][i % 3]) for i in range(n)]
+
+
+def test_batch_slices_selects_and_moves_every_field():
+    b = Batch(torch.arange(10.0).reshape(5, 2), torch.tensor([0, 1, -1, 1, 0]), torch.ones(5, 3))
+    part = b[1:3]
+    assert len(part) == 2 and part.y.tolist() == [1, -1] and part.c.shape == (2, 3)
+    sel = b.select(torch.tensor([4, 0]))
+    assert sel.x[:, 0].tolist() == [8.0, 0.0] and sel.y.tolist() == [0, 0]
+    assert b.to("cpu", torch.float64).x.dtype == torch.float64 and b.to("cpu", torch.float64).y.dtype == torch.int64
+    assert b.labelled.tolist() == [True, True, False, True, True]
+    assert Batch(torch.zeros(3, 1)).labelled is None and [f for f, _ in Batch(torch.zeros(1, 1)).items()] == ["x"]
+
+
+def test_condition_columns_leave_the_features_and_are_standardised(tmp_path):
+    p = _csv(tmp_path / "t.csv", _table())
+    d = load_data(str(p), condition_columns=["age", "height"], label_column="label", seed=1)
+    assert d.spec.shape == (2,) and d.spec.cond_shape == (2,) and d.spec.num_classes == 3
+    assert d.source["columns"] == ["a", "b"] and d.source["condition_columns"] == ["age", "height"]
+    assert d.source["classes"] == ["cat", "dog", "owl"]
+    c = d.train.c
+    assert c.shape == (len(d.train), 2) and c.dtype == torch.float32
+    assert torch.allclose(c.mean(0), torch.zeros(2), atol=1e-5) and torch.allclose(c.std(0, correction=0), torch.ones(2), atol=1e-4)
+    # new inputs get the training statistics, and their condition columns are taken out as well
+    s = load_inputs(str(p), d.spec, d.source)
+    raw = np.array([r[2:4] for r in _table()], np.float64)
+    st = d.source["condition_standardize"]
+    expect = (raw - np.array(st["mean"])) / np.array(st["std"])
+    assert s.x.shape == (60, 2) and np.allclose(s.c.numpy(), expect, atol=1e-5)
+
+
+def test_condition_column_errors(tmp_path):
+    p = _csv(tmp_path / "t.csv", _table())
+    with pytest.raises(UsageError, match="'weight' not in"):
+        load_data(str(p), condition_columns=["weight"])
+    with pytest.raises(UsageError, match="every feature column"):
+        load_data(str(p), condition_columns=["a", "b", "age", "height"], label_column="label")
+    with pytest.raises(UsageError, match="CSV"):
+        load_data("digits", condition_columns=["a"])
+
+
+def test_npz_condition_and_paired_condition_input(tmp_path):
+    rng = np.random.default_rng(0)
+    x = (rng.random((40, 1, 8, 8)) > 0.5).astype(np.float32)
+    attrs = rng.random((40, 4)).astype(np.float32)  # in [0, 1]: kept as they are
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 4, c=attrs)
+    d = load_data(str(tmp_path / "d.npz"), seed=0)
+    assert d.spec.cond_shape == (4,) and d.source["condition_standardize"] is None
+    # each example keeps its own condition through the random split
+    for s in (d.train, d.val, d.test):
+        idx = [int(np.flatnonzero((x.reshape(40, -1) == xi.numpy().reshape(1, -1)).all(1))[0]) for xi in s.x]
+        assert np.allclose(s.c.numpy(), attrs[idx])
+    # a second image array paired example by example is a conditioning input
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "given.npy", (x * 255).astype(np.uint8)[:, :, :4])
+    d2 = load_data(str(tmp_path / "x.npy"), condition=str(tmp_path / "given.npy"), seed=0)
+    assert d2.spec.cond_shape == (1, 4, 8) and float(d2.train.c.max()) <= 1.0
+    np.save(tmp_path / "short.npy", x[:10])
+    with pytest.raises(DataError, match="10 conditions for 40 examples"):
+        load_data(str(tmp_path / "x.npy"), condition=str(tmp_path / "short.npy"))
+
+
+def test_labels_per_class_hides_the_rest_of_the_training_labels():
+    d = load_data("digits", labels_per_class=5, label_seed=3)
+    y = d.train.y
+    known = y[y != UNLABELLED]
+    assert len(known) == 50 and torch.bincount(known).tolist() == [5] * 10
+    assert (d.val.y >= 0).all() and (d.test.y >= 0).all()  # evaluation keeps its labels
+    assert d.source["labelled"] == 50 and d.source["labels_per_class"] == 5
+    again = load_data("digits", labels_per_class=5, label_seed=3).train.y
+    other = load_data("digits", labels_per_class=5, label_seed=4).train.y
+    assert torch.equal(y, again) and not torch.equal(y, other)
+    assert torch.equal(load_data("digits").train.x, d.train.x)  # the same split, only labels hidden
+
+
+def test_labels_per_class_errors(tmp_path):
+    with pytest.raises(UsageError, match="more than class"):
+        load_data("digits", labels_per_class=1000)
+    with pytest.raises(UsageError, match="at least 1"):
+        hide_labels(torch.tensor([0, 1]), 0, 0)
+    np.save(tmp_path / "x.npy", np.zeros((20, 5), np.float32))
+    with pytest.raises(UsageError, match="has none"):
+        load_data(str(tmp_path / "x.npy"), labels_per_class=2)
+
+
+def test_label_values(tmp_path):
+    p = _csv(tmp_path / "f.csv", [(1, 2, 0.5), (3, 4, 1.5), (1, 1, 2.0)], header="a,b,label")
+    with pytest.raises(DataError, match="integers or class names, got 0.5"):
+        load_data(str(p), val_fraction=0, test_fraction=0)
+    # empty label cells and -1 (with >= 2 real classes) are unlabelled examples, not a class
+    rows = [(i, i % 3, ["", "-1", "1", "2", "3"][i % 5]) for i in range(20)]
+    q = _csv(tmp_path / "u.csv", rows, header="a,b,label")
+    d = load_data(str(q), val_fraction=0, test_fraction=0)
+    assert d.source["classes"] == [1, 2, 3] and int((d.train.y == UNLABELLED).sum()) == 8
+    pm = _csv(tmp_path / "pm.csv", [(i, i, [-1, 1][i % 2]) for i in range(10)], header="a,b,label")
+    assert load_data(str(pm), val_fraction=0, test_fraction=0).source["classes"] == [-1, 1]
+
+
+def test_labelled_first_order_puts_labels_in_every_batch():
+    labelled = torch.zeros(1000, dtype=torch.bool)
+    labelled[torch.arange(0, 1000, 100)] = True  # 10 labelled examples
+    order = labelled_first_order(labelled, 64, 8, torch.Generator().manual_seed(0))
+    unl = order[~labelled[order]]
+    assert sorted(unl.tolist()) == torch.nonzero(~labelled).flatten().tolist()  # each unlabelled once
+    for i in range(0, len(order), 64):
+        b = order[i:i + 64]
+        assert int(labelled[b].sum()) == 8 and len(b) <= 64
