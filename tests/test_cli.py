@@ -68,8 +68,35 @@ def test_resume_extends_training(tmp_path, capsys):
     # the run keeps when it was created and says when it was resumed
     assert saved["created"] == "2000-01-01T00:00:00+0000" and saved["resumed"][:4] >= "2026"
     code, _, err = run_cli(capsys, "train", "--out", str(out), "--resume", "--epochs", "3", "--lr", "0.1", "--quiet")
-    assert code == 2 and "lr" in err
+    assert code == 2 and "--lr 0.1 (saved: 0.001)" in err
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_with_the_first_command_line_is_accepted(tmp_path, capsys):
+    """``vaekit train <the same flags> --resume`` continues; only settings that differ are refused."""
+    out = tmp_path / "r"
+    first = ["train", "--data", "digits", "--out", str(out), "--seed", "3", *TINY]
+    assert run_cli(capsys, *first, "--epochs", "1")[0] == 0
+    code, _, err = run_cli(capsys, *first, "--epochs", "2", "--resume")
+    assert code == 0, err
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    code, _, err = run_cli(capsys, *first, "--epochs", "3", "--latent-dim", "6", "--resume")
+    assert code == 2 and "--latent-dim 6 (saved: 4)" in err and "--seed" not in err.split("differ")[1].split(";")[0]
+    code, _, err = run_cli(capsys, "train", "--data", "mnist", "--out", str(out), "--resume", "--quiet")
+    assert code == 2 and "--data mnist (saved: digits)" in err
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run_cli(capsys, "train", "--data", "digits", "--out", str(out), "--epochs", "1", *TINY)[0] == 0
+    for name in ("last.safetensors", "model.safetensors"):
+        (out / name).unlink()
+    (out / "metrics.jsonl").write_text('{"epoch": 0, "half": "written"}\n')
+    code, _, err = run_cli(capsys, "train", "--out", str(out), "--resume", "--epochs", "2", "--quiet")
+    assert code == 0, err
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and "half" not in rows[0]
+    assert (out / "last.safetensors").exists()
 
 
 @pytest.mark.parametrize(

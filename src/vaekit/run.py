@@ -115,15 +115,7 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
         if run_dir is None:
             raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
         cfg, _, _ = read_config(run_dir)
-        # what may change: length, where and how fast it computes, and how the same objective's
-        # gradient is estimated (an IWAE's --gradient-estimator); never the model or the data
-        extra = set(options) - {"epochs", "device", "data_dir", "patience", "matmul_precision", "gradient_estimator",
-                                "cuda_graphs"}
-        if extra or data not in (None, cfg.data.source):
-            raise UsageError(f"--resume continues {run_dir} with its saved settings; only --epochs, --device, "
-                             f"--data-dir, --patience, --matmul-precision, --cuda-graphs and --gradient-estimator "
-                             f"may change "
-                             f"(got {sorted(extra) or ['--data']})")
+        _check_resume_options(run_dir, cfg, data, options)
         cfg = make_config(None, base=cfg, **options)
     else:
         cfg = make_config(config_file, **({"source": data} if data is not None else {}), **options)
@@ -136,8 +128,10 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
     trainer = Trainer(model, d, cfg.train, run_dir, progress=progress, callbacks=callbacks)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
+        if resume and (run_dir / "last.safetensors").exists():
             trainer.resume()
+        elif resume:  # killed before its first checkpoint: start over with the saved settings
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         _write_config(run_dir, cfg, model, d, resumed=resume)
     history = trainer.fit()
     run = Run(run_dir, trainer.eval_model, cfg, history, data=d)
@@ -150,6 +144,28 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
 
         run.test = finish_run(run, figures=figures)
     return run
+
+
+#: What may change on --resume: length, where and how fast it computes, and how the same objective's
+#: gradient is estimated (an IWAE's --gradient-estimator); never the model or the data.
+RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "patience", "matmul_precision", "gradient_estimator", "cuda_graphs")
+
+
+def _check_resume_options(run_dir: Path, cfg: RunConfig, data: str | None, options: dict[str, Any]) -> None:
+    """Refuse only the settings that differ from the saved run, naming them and their saved values."""
+    saved = {**dataclasses.asdict(cfg.data), **dataclasses.asdict(cfg.model), **dataclasses.asdict(cfg.train)}
+    given = make_config(None, base=RunConfig.from_dict(cfg.to_dict()), **options)  # checks names and types
+    now = {**dataclasses.asdict(given.data), **dataclasses.asdict(given.model), **dataclasses.asdict(given.train)}
+    differ = [k for k in options if k not in RESUME_MAY_CHANGE and now[k] != saved[k]]
+    flag = lambda k: "--" + k.replace("_", "-")  # noqa: E731
+    parts = [f"{flag(k)} {options[k]} (saved: {saved[k]})" for k in differ]
+    if data is not None and data != cfg.data.source and \
+            str(Path(data).expanduser().resolve()) != str(Path(cfg.data.source).expanduser().resolve()):
+        parts.insert(0, f"--data {data} (saved: {cfg.data.source})")
+    if parts:
+        raise UsageError(f"--resume continues {run_dir} with its saved settings, and these differ: {'; '.join(parts)}; "
+                         f"drop them (or train a new run with another --out); only "
+                         f"{', '.join(flag(k) for k in RESUME_MAY_CHANGE)} may change")
 
 
 def options() -> dict[str, str]:
