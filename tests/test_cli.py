@@ -187,3 +187,16 @@ def test_python_api_train_and_load(tmp_path):
     x = run.data.test.x[:5]
     assert m.reconstruct(x).shape == x.shape and m.sample(3).shape == (3, 1, 8, 8)
     assert "latent_dim" in vaekit.options()
+
+
+def test_progress_in_a_log_is_one_line_per_epoch(tmp_path):
+    """With stderr redirected to a file (not a terminal) the bar gives way to one line per epoch."""
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-m", "vaekit.cli", "train", "--data", "digits", "--epochs", "3", "--hidden",
+                            "32", "--latent-dim", "4", "--out", str(tmp_path / "r")], stderr=f, stdout=subprocess.PIPE)
+    assert r.returncode == 0
+    text = log.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("epoch ")]
+    assert "\r" not in text and [ln.split(",")[0] for ln in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all("val ELBO" in ln and "ex/s" in ln for ln in lines)

@@ -74,6 +74,18 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr
 
 
+def epoch_line(rec: dict[str, Any], epochs: int) -> str:
+    """One short log line for a finished epoch (used when stderr is not a terminal)."""
+    parts = [f"epoch {rec['epoch'] + 1}/{epochs}", f"loss {rec['train_loss']:.3f}"]
+    for key, name in (("val_elbo", "val ELBO"), ("val_iwae", "val bound"), ("val_accuracy", "val acc")):
+        if key in rec:
+            parts.append(f"{name} {rec[key]:.3f}")
+    parts += [f"{rec['epoch_time_s']:.1f} s", f"{rec['samples_per_s']:.0f} ex/s"]
+    if rec.get("best_epoch") == rec["epoch"]:
+        parts.append("best")
+    return ", ".join(parts)
+
+
 class Trainer:
     """Trains ``model`` on ``data.train``, validating on ``data.val`` every epoch.
 
@@ -297,8 +309,11 @@ class Trainer:
         """Run the remaining epochs; return the per-epoch records (also in metrics.jsonl)."""
         cfg = self.cfg
         n = len(self.train_x)
-        # One bar for the whole run (examples seen), so short epochs do not print a line each.
-        self._bar = tqdm(total=n * cfg.epochs, initial=n * self.state["epoch"], disable=not self.progress,
+        # One bar for the whole run (examples seen), so short epochs do not print a line each. When
+        # stderr is a log file rather than a terminal, one short line per epoch replaces the bar.
+        self._log_lines = self.progress and not sys.stderr.isatty()
+        self._bar = tqdm(total=n * cfg.epochs, initial=n * self.state["epoch"],
+                         disable=not self.progress or self._log_lines,
                          leave=False, unit="ex", unit_scale=True, file=sys.stderr, mininterval=0.5)
         with self._bar, float_mode(cfg.matmul_precision):
             for epoch in range(self.state["epoch"], cfg.epochs):
@@ -338,5 +353,7 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
         self._save()
+        if getattr(self, "_log_lines", False):
+            print(epoch_line(rec, self.cfg.epochs), file=sys.stderr, flush=True)
         for cb in self.callbacks:
             cb(self, rec)
