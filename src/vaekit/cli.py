@@ -76,9 +76,11 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--labels-per-class", "labels_per_class", int, "keep N labels per class of the training split, hide the rest (semi-supervised)"),
     ("--label-seed", "label_seed", int, "seed of the draw of --labels-per-class"),
     ("--features", "features", str, "a trained run whose encoder gives the features (M1+M2: --model m2 on M1's codes)"),
-    ("--model", "model", str, "model: vae | iwae | cvae | m2"),
+    ("--model", "model", str, "model: vae | iwae | cvae | m2 | completion"),
     ("--conditional-prior", "conditional_prior", _on_off, "on | off: conditional models learn p(z|c) instead of N(0, I)"),
     ("--alpha", "alpha", _finite, "semi-supervised models: weight of the classification term"),
+    ("--given", "given", str, "--model completion: the part of each training example given, the rest completed: "
+     "1 | 2 | 3 (quadrants, as in Sohn et al. 2015) | random (1-3 random quadrants) | rect | pixels"),
     ("--k", "k", int, "importance samples per example in the IWAE training bound"),
     ("--gradient-estimator", "gradient_estimator", str,
      "IWAE gradient: reparam | dreg (doubly reparameterised: lower-variance encoder gradients)"),
@@ -107,6 +109,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--matmul-precision", "matmul_precision", str, "highest (fp32) | high | medium (bf16 matmuls on AMX CPUs)"),
     ("--cuda-graphs", "cuda_graphs", _on_off, "on | off: on a GPU, replay each training step as one CUDA graph (default on)"),
     ("--iw-samples", "iw_samples", int, "importance samples for the final test NLL (0: skip)"),
+    ("--checkpoint-every", "checkpoint_every", _finite, "seconds between checkpoints inside an epoch (0: at epoch ends only)"),
 ]
 
 
@@ -251,7 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vaekit {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("vaekit: interrupted; the last completed epoch is saved (continue with --resume)", file=sys.stderr)
+        saved = ("training progress is saved (continue with the same command and --resume)" if args.command == "train"
+                 else "files are written whole or not at all")
+        print(f"vaekit: interrupted; {saved}", file=sys.stderr)
         return 130
 
 

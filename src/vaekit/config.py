@@ -57,6 +57,8 @@ class TrainConfig:
     returned (about the last 1 / (1 - decay) steps); 0 uses the raw weights.
     cuda_graphs: on a CUDA device, record the training step once as a CUDA graph and replay it
     (``training/graphed.py``); False launches every operator from Python.
+    checkpoint_every: seconds between checkpoints inside an epoch (besides the one at each epoch's
+    end), so that a killed run loses at most that much work; 0 checkpoints at epoch ends only.
     """
 
     epochs: int = 10
@@ -80,6 +82,7 @@ class TrainConfig:
     fast_path: bool = True
     weight_average: float = 0.995
     cuda_graphs: bool = True
+    checkpoint_every: float = 60.0
 
 
 @dataclass

@@ -125,10 +125,11 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
     torch.manual_seed(cfg.train.seed)
     d = load_run_data(cfg)
     model = build_model(cfg.model, d.spec)
+    model.check_data(d.train)
     trainer = Trainer(model, d, cfg.train, run_dir, progress=progress, callbacks=callbacks)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and (run_dir / "last.safetensors").exists():
+        if resume and any((run_dir / f).exists() for f in ("last.safetensors", "last.previous.safetensors")):
             trainer.resume()
         elif resume:  # killed before its first checkpoint: start over with the saved settings
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -148,7 +149,8 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
 
 #: What may change on --resume: length, where and how fast it computes, and how the same objective's
 #: gradient is estimated (an IWAE's --gradient-estimator); never the model or the data.
-RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "patience", "matmul_precision", "gradient_estimator", "cuda_graphs")
+RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "patience", "matmul_precision", "gradient_estimator", "cuda_graphs",
+                     "checkpoint_every")
 
 
 def _check_resume_options(run_dir: Path, cfg: RunConfig, data: str | None, options: dict[str, Any]) -> None:

@@ -7,6 +7,8 @@ One file means one atomic rename: a checkpoint is either the old one or the new 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,35 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: Adam, rng: dict[str
     tensors.update({f"optim.{k}": v for k, v in opt.state_tensors().items()})
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
     meta = {"trainer_state": json.dumps(state), "format": "vaekit-checkpoint-1"}
-    save_tensors(path, tensors, meta)
+    # The new file is written whole beside the old one first; only then does the old one become
+    # the previous checkpoint, kept in case the new one is later found damaged.
+    tmp = path.with_name(f".{path.name}.new")
+    save_tensors(tmp, tensors, meta)
+    if path.exists():
+        os.replace(path, previous_path(path))
+    os.replace(tmp, path)
+
+
+def previous_path(path: Path) -> Path:
+    """Where the checkpoint before ``path`` is kept: last.safetensors -> last.previous.safetensors."""
+    return path.with_name(path.stem + ".previous" + path.suffix)
+
+
+def resume_checkpoint(path: Path, model: torch.nn.Module, opt: Adam,
+                      average: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+    """``load_checkpoint`` of ``path``; when ``path`` is missing, truncated or corrupt and the
+    previous checkpoint is intact, that one (saying so on stderr). A checkpoint of another model
+    is an error either way."""
+    prev = previous_path(path)
+    try:
+        return load_checkpoint(path, model, opt, average)
+    except CheckpointError as e:
+        if "another model" in str(e) or not prev.exists():
+            raise
+        reason = str(e)
+    out = load_checkpoint(prev, model, opt, average)
+    print(f"vaekit: {reason}; resuming from the previous checkpoint {prev}, which was kept", file=sys.stderr)
+    return out
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: Adam,

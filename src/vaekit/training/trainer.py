@@ -24,7 +24,8 @@ from ..io import save_tensors, write_text
 from ..metrics import loss_terms
 from ..numerics import float_mode
 from .average import WeightAverage
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import resume_checkpoint, save_checkpoint
+from .interrupt import StopRequest, stop_on_signals
 from .fastpath import FastStep, supports
 from .graphed import GraphedStep
 from .memory import keep_freed_memory
@@ -60,6 +61,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"unknown matmul precision {cfg.matmul_precision!r}; valid: {', '.join(PRECISIONS)}")
     if not 0.0 <= cfg.weight_average < 1.0:
         raise UsageError(f"--weight-average must be in [0, 1) (0: off), got {cfg.weight_average}")
+    if not cfg.checkpoint_every >= 0:
+        raise UsageError(f"--checkpoint-every must be >= 0 seconds (0: at epoch ends only), got {cfg.checkpoint_every}")
     if cfg.kl_warmup < 0 or cfg.grad_clip < 0 or cfg.patience < 0 or cfg.iw_samples < 0:
         raise UsageError("--kl-warmup, --grad-clip, --patience and --iw-samples must be >= 0")
 
@@ -135,6 +138,10 @@ class Trainer:
         self.fast = FastStep(self.model, matmul_dtype=low) if fast else None
         self._found_inf = torch.zeros(1, device=self.device)
         self._one = torch.ones(1, device=self.device)
+        # Exact resume inside an epoch: the data generator's state when the epoch's order was drawn.
+        self._epoch_gen: torch.Tensor | None = None
+        self._stop = StopRequest()
+        self._last_save = time.monotonic()
 
     @property
     def train_x(self) -> torch.Tensor:
@@ -151,14 +158,21 @@ class Trainer:
     def _save(self) -> None:
         if self.run_dir is None:
             return
-        save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, self._rng_state(), self.state,
+        rng = self._rng_state()
+        if self.state.get("epoch_pos"):  # inside an epoch: its order is redrawn from the epoch's start
+            rng["epoch_data"] = self._epoch_gen
+        save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, rng, self.state,
                         self.average.model if self.average is not None else None)
+        self._last_save = time.monotonic()
 
     def resume(self) -> None:
-        """Restore model, optimizer, RNGs, counters and metrics from ``run_dir/last.safetensors``."""
+        """Restore model, optimizer, RNGs, counters and metrics from ``run_dir/last.safetensors``
+        (or, when that file is damaged, from the previous checkpoint kept beside it), including a
+        position inside an epoch."""
         assert self.run_dir is not None
         avg = self.average.model if self.average is not None else None
-        rng, self.state, had_average = load_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, avg)
+        rng, self.state, had_average = resume_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, avg)
+        self._epoch_gen = rng.get("epoch_data")
         if "best_val_elbo" in self.state:  # saved before the criterion was named: it was the ELBO
             self.state["best_val"] = self.state.pop("best_val_elbo")
             self.state["best_metric"] = "val_elbo"
@@ -236,22 +250,46 @@ class Trainer:
         w = torch.tensor(sizes, dtype=torch.float64, device=t.device)
         return ((w @ t) / w.sum()).tolist()
 
+    def _checkpoint_due(self) -> bool:
+        every = self.cfg.checkpoint_every
+        return self._stop.requested or (every > 0 and time.monotonic() - self._last_save >= every)
+
+    def _save_inside_epoch(self, pos: int, terms: list, sizes: list[int], bad_run: int) -> None:
+        """Checkpoint at example ``pos`` of this epoch (with the epoch's running means), then stop
+        if a signal asked for it."""
+        self.state.update(epoch_pos=pos, epoch_partial={"means": self._mean_terms(terms, sizes), "seen": sum(sizes),
+                                                        "bad_run": bad_run})
+        self._save()
+        if self._stop.requested:
+            raise KeyboardInterrupt
+
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
+        start = int(self.state.get("epoch_pos", 0))
+        if start and self._epoch_gen is not None:  # resumed inside this epoch: redraw its order
+            self.gen.set_state(self._epoch_gen)
+        self._epoch_gen = self.gen.get_state()
         batch = self._epoch_batches()
         n, bs = len(batch), cfg.batch_size
         # Per-step (loss, elbo, recon, kl) tensors, reduced once per epoch: no extra kernels
         # or device syncs on the training step.
         terms: list[tuple[torch.Tensor, ...]] = []
         sizes: list[int] = []
+        partial = self.state.pop("epoch_partial", None) if start else None
+        if partial and partial["seen"]:
+            terms.append(tuple(torch.tensor(v, device=self.device) for v in partial["means"]))
+            sizes.append(partial["seen"])
         bar = self._bar
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}", refresh=False)
-        t0, bad_run = time.perf_counter(), 0
+        t0, bad_run = time.perf_counter(), (partial or {}).get("bad_run", 0)
         self.model.train()
         graph = self._graph_step(batch.x[:bs]) if self.use_graphs and n >= bs else None
         if graph is not None:
             graph.set_lr(self.opt.lr)
-        for i in range(0, n, bs):
+        for i in range(start, n, bs):
+            # (the recorded GPU step counts its steps at the end of the epoch: no checkpoints inside)
+            if i > start and graph is None and self.run_dir is not None and self._checkpoint_due():
+                self._save_inside_epoch(i, terms, sizes, bad_run)
             b = batch[i : i + bs]
             xb = b.x
             kl_w = kl_weight_at(epoch + i / n, cfg.kl_warmup, cfg.kl_schedule)
@@ -315,8 +353,11 @@ class Trainer:
         self._bar = tqdm(total=n * cfg.epochs, initial=n * self.state["epoch"],
                          disable=not self.progress or self._log_lines,
                          leave=False, unit="ex", unit_scale=True, file=sys.stderr, mininterval=0.5)
-        with self._bar, float_mode(cfg.matmul_precision):
+        self._last_save = time.monotonic()
+        with self._bar, float_mode(cfg.matmul_precision), stop_on_signals() as self._stop:
             for epoch in range(self.state["epoch"], cfg.epochs):
+                if self._stop.requested:  # a signal during the last validation: that epoch is saved
+                    raise KeyboardInterrupt
                 self.opt.lr = lr_at(cfg, epoch)
                 rec = {"epoch": epoch, "step": 0, "lr": lr_at(cfg, epoch)}
                 rec.update(self._train_epoch(epoch))
@@ -347,6 +388,7 @@ class Trainer:
         else:
             st["since_best"] += 1
         st["epoch"] = epoch + 1
+        st.pop("epoch_pos", None)
         rec["best_epoch"] = st["best_epoch"]
         self.history.append(rec)
         if self.run_dir is not None:

@@ -1,0 +1,105 @@
+"""Resume from any moment: kill -9 at random times, SIGTERM, damaged checkpoints."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from cli_helpers import cli as run_cli
+
+ARGS = ["--data", "digits", "--hidden", "48", "--latent-dim", "6", "--batch-size", "8", "--seed", "5",
+        "--checkpoint-every", "0.05", "--quiet"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _train(out: Path, epochs: int, resume: bool = False) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vaekit.cli", "train", *ARGS, "--epochs", str(epochs), "--out", str(out)]
+    return subprocess.Popen(cmd + (["--resume"] if resume else []), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _weights(path: Path) -> dict:
+    return {k: v for k, v in load_file(str(path)).items() if k.startswith(("model.", "average.", "optim."))}
+
+
+def _assert_same(a: Path, b: Path) -> None:
+    wa, wb = _weights(a / "last.safetensors"), _weights(b / "last.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert (wa[k] == wb[k]).all(), k
+    ma, mb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert all((ma[k] == mb[k]).all() for k in ma)
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
+    epochs = 25  # ~0.1 s an epoch after ~2 s of start-up
+    ref = _train(tmp_path / "ref", epochs)
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    rng = random.Random(0)
+    run = tmp_path / "killed"
+    kills = inside = 0
+    for attempt in range(10):  # 10 kills at random moments: start-up, before the first checkpoint, inside epochs
+        p = _train(run, epochs, resume=attempt > 0)
+        time.sleep(rng.uniform(1.0, 4.5))
+        if p.poll() is not None:  # finished before this kill
+            break
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        kills += 1
+        last = run / "last.safetensors"
+        if last.exists():
+            from safetensors import safe_open
+            import json
+            with safe_open(str(last), "pt") as f:
+                inside += bool(json.loads(f.metadata()["trainer_state"]).get("epoch_pos"))
+    assert kills >= 3
+    assert inside >= 1  # at least one kill landed after a checkpoint taken inside an epoch
+    p = _train(run, epochs, resume=True)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    _assert_same(tmp_path / "ref", run)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert [int(r.split('"epoch": ')[1].split(",")[0]) for r in rows] == list(range(epochs))
+
+
+def test_sigterm_writes_a_checkpoint_inside_the_epoch_and_resume_is_exact(tmp_path):
+    ref = _train(tmp_path / "ref", 3)
+    assert ref.wait(timeout=300) == 0
+    p = _train(tmp_path / "run", 3)
+    time.sleep(3.0)
+    p.send_signal(signal.SIGTERM)
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 130 and "--resume" in err and "Traceback" not in err
+    assert (tmp_path / "run" / "last.safetensors").exists()
+    p = _train(tmp_path / "run", 3, resume=True)
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    _assert_same(tmp_path / "ref", tmp_path / "run")
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    out = tmp_path / "r"
+    tiny = ["--data", "digits", "--hidden", "16", "--latent-dim", "3", "--quiet", "--out", str(out)]
+    assert run_cli(capsys, "train", *tiny, "--epochs", "2")[0] == 0
+    last, prev = out / "last.safetensors", out / "last.previous.safetensors"
+    assert prev.exists() and last.exists()
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
+    code, _, err = run_cli(capsys, "train", *tiny, "--epochs", "3", "--resume")
+    assert code == 0 and "last.safetensors" in err and "previous checkpoint" in err
+    # with the previous one damaged too there is nothing to resume from: one line, exit 2
+    for f in (out / "last.safetensors", out / "last.previous.safetensors"):
+        f.write_bytes(b"garbage")
+    code, _, err = run_cli(capsys, "train", *tiny, "--epochs", "4", "--resume")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "corrupt" in err
+
+
+@pytest.mark.parametrize("value", ["-1", "-0.5"])
+def test_checkpoint_every_must_be_a_non_negative_number(tmp_path, capsys, value):
+    code, _, err = run_cli(capsys, "train", "--data", "digits", "--checkpoint-every", value, "--out", str(tmp_path / "r"))
+    assert code == 2 and "--checkpoint-every" in err and not (tmp_path / "r").exists()
