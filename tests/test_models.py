@@ -12,12 +12,13 @@ from vaekit.models.base import TWO_LAYER
 from vaekit.modules.blocks import ENCODERS
 from vaekit.modules.likelihoods import LIKELIHOODS
 
+# Three classes, so that models conditioned on labels (batch_fields ("y",)) can be built too.
 CASES = [
-    ("mlp", DataSpec((1, 8, 8), "unit")),
-    ("mlp", DataSpec((5,), "continuous")),
-    ("conv", DataSpec((1, 28, 28), "8bit")),
-    ("conv", DataSpec((3, 13, 9), "8bit")),
-    ("conv", DataSpec((1, 8, 8), "binary")),
+    ("mlp", DataSpec((1, 8, 8), "unit", 3)),
+    ("mlp", DataSpec((5,), "continuous", 3)),
+    ("conv", DataSpec((1, 28, 28), "8bit", 3)),
+    ("conv", DataSpec((3, 13, 9), "8bit", 3)),
+    ("conv", DataSpec((1, 8, 8), "binary", 3)),
 ]
 
 
@@ -27,6 +28,11 @@ def _batch(spec, n=6, seed=0):
         return torch.randn(n, *spec.shape, generator=g)
     x = torch.rand(n, *spec.shape, generator=g)
     return (x > 0.5).float() if spec.kind == "binary" else torch.round(x * 255) / 255
+
+
+def _fields(m, n):
+    """The keyword arguments a model reads from a batch of n (labels 0, 1, 2, 0, ...)."""
+    return {"y": torch.arange(n) % 3} if "y" in m.batch_fields else {}
 
 
 def _cases():
@@ -45,22 +51,23 @@ def test_model_contract(model, arch, spec, lik, latent_dim2):
     m = build_model(ModelConfig(model=model, arch=arch, hidden=[16, 8] if arch == "mlp" else None, latent_dim=3,
                                 likelihood=lik, latent_dim2=latent_dim2, k=4), spec)
     x = _batch(spec)
-    out = m.loss(x, kl_weight=0.5)
+    f, f4 = _fields(m, 6), _fields(m, 4)
+    out = m.loss(x, kl_weight=0.5, **f)
     assert {"loss", "elbo", "recon", "kl"} <= set(out)
     assert out["loss"].dim() == 0 and all(out[k].dim() == 0 for k in ("elbo", "recon", "kl"))
     assert not out["elbo"].requires_grad and torch.isfinite(out["loss"])
     torch.testing.assert_close(out["elbo"], -(out["recon"] + out["kl"]))
     out["loss"].backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
-    mu, logvar = m.encode(x)
+    mu, logvar = m.encode(x, **f)
     assert mu.shape == logvar.shape == (6, 3)
-    d = m.decode(mu)
+    d = m.decode(mu, **f)
     assert tuple(d.event_shape) == spec.shape and d.log_prob(x).shape == (6,)
-    assert m.sample(4).shape == (4, *spec.shape)
-    assert m.reconstruct(x).shape == x.shape
-    lw = m.log_weights(x, 5)
+    assert m.sample(4, **f4).shape == (4, *spec.shape)
+    assert m.reconstruct(x, **f).shape == x.shape
+    lw = m.log_weights(x, 5, **f)
     assert lw.shape == (5, 6) and torch.isfinite(lw).all()
-    t = m.elbo_terms(x)
+    t = m.elbo_terms(x, **f)
     n_dims = 3 + latent_dim2  # per-dimension KL and posterior means cover every stochastic layer
     assert t["recon"].shape == t["kl"].shape == (6,)
     assert t["kl_dims"].shape == t["mu"].shape == (6, n_dims)

@@ -25,7 +25,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_dir: str | No
     if batch_size is not None and batch_size < 1:  # checked here: 0 must not mean "the default"
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     run = open_run(run_dir, device=device)
-    x = run_inputs(run, split=split, data_dir=data_dir, limit=limit).x
+    x = run_inputs(run, split=split, data_dir=data_dir, limit=limit)  # with labels/conditions, for conditional models
     res = evaluate(run.model, x, batch_size=batch_size or run.config.train.eval_batch_size, iw_samples=iw_samples, seed=seed)
     return {"split": split, **res}
 
@@ -36,7 +36,7 @@ def finish_run(run: "Run", figures: bool = True) -> dict[str, Any]:
 
     assert run.data is not None
     cfg = run.config.train
-    res = evaluate(run.model, run.data.test.x, batch_size=cfg.eval_batch_size, iw_samples=cfg.iw_samples or None,
+    res = evaluate(run.model, run.data.test, batch_size=cfg.eval_batch_size, iw_samples=cfg.iw_samples or None,
                    seed=cfg.seed)
     res = {"split": "test", **res}
     if run.dir is not None:
@@ -60,15 +60,19 @@ def write_report(run: "Run", res: dict[str, Any]) -> None:
 def write_figures(run: "Run", res: dict[str, Any]) -> None:
     """reconstructions.png, samples.png, training_curves.png and kl_per_dim.png in the run dir."""
     from . import figures as fig
+    from .apps.generate import figure_samples
+    from .data.batch import model_inputs
 
     assert run.dir is not None and run.data is not None
     model, d = run.model, run.dir
-    x = run.data.test.x[:32].to(model.device)
+    b = run.data.test[:32].to(model.device)  # conditional models read the examples' labels or conditions
     with torch.no_grad(), fork_rng(model.device):
         torch.manual_seed(run.config.train.seed)
         kind = model.spec.kind
-        fig.save_reconstructions(d / "reconstructions.png", x.cpu(), model.reconstruct(x).cpu(), kind=kind)
-        fig.save_samples(d / "samples.png", model.sample(64).cpu(), kind=kind, reference=run.data.test.x[:500])
+        fig.save_reconstructions(d / "reconstructions.png", b.x.cpu(), model.reconstruct(b.x, **model_inputs(model, b)).cpu(),
+                                 kind=kind)
+        samples, _, nrow = figure_samples(model, run.data.test, seed=None)  # per class: one row each
+        fig.save_samples(d / "samples.png", samples, kind=kind, reference=run.data.test.x[:500], nrow=nrow)
     records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
     fig.save_training_curves(d / "training_curves.png", records)
     fig.save_kl_per_dim(d / "kl_per_dim.png", res["kl_per_dim"], posterior_mean_var=res.get("posterior_mean_var"))

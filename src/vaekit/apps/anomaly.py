@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.batch import Batch
 from ..errors import DataError, UsageError
 from ..metrics import per_example_scores
 
@@ -231,7 +232,11 @@ def anomaly_scores(model: Any, x: torch.Tensor, *, score: str = DEFAULT_SCORE, r
     """
     if score not in SCORES:
         raise UsageError(f"unknown score {score!r}; valid: {', '.join(SCORES)}")
-    x = torch.as_tensor(x)
+    x = _inputs(x)
+    if score == "excess" and isinstance(x, Batch):
+        if getattr(model, "batch_fields", ()):
+            raise UsageError("the 'excess' score is for unconditional models; use elbo, nll or recon")
+        x = x.x
     if score != "excess":
         return per_example_scores(model, x, kind=score, iw_samples=iw_samples, batch_size=batch_size,
                                   seed=seed).double()
@@ -242,6 +247,11 @@ def anomaly_scores(model: Any, x: torch.Tensor, *, score: str = DEFAULT_SCORE, r
         corr = fit_correction(model, reference, crn_terms(model, reference, samples=samples, seed=seed,
                                                           batch_size=batch_size))
     return excess_score(x, crn_terms(model, x, samples=samples, seed=seed, batch_size=batch_size), corr, model)
+
+
+def _inputs(x: Any) -> Any:
+    """Examples as a tensor, or a Batch as it is (a conditional model reads its labels or conditions)."""
+    return x if isinstance(x, Batch) else torch.as_tensor(x)
 
 
 @dataclass
@@ -288,7 +298,7 @@ def detect(model: Any, x: torch.Tensor, *, labels: Any = None, reference: torch.
     anomaly. Raises UsageError for a bad score name or contamination.
     """
     check_contamination(contamination)
-    x = torch.as_tensor(x)
+    x = _inputs(x)
     if len(x) == 0:
         raise DataError("no examples to score")
     s = anomaly_scores(model, x, score=score, reference=reference, iw_samples=iw_samples, seed=seed,

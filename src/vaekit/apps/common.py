@@ -63,7 +63,7 @@ def run_inputs(run: LoadedRun, path: str | None = None, *, split: str = "test", 
     if len(s.x) == 0:
         raise DataError(f"no examples in {path or split + ' split'}")
     if limit is not None:
-        s = Split(s.x[:limit], None if s.y is None else s.y[:limit])
+        s = s[:limit]  # every field: x, labels and conditions
     return s
 
 
@@ -146,10 +146,10 @@ def label_index(label: str, source: dict[str, Any], num_classes: int | None) -> 
 
 
 def write_examples(path: str | Path, x: torch.Tensor, spec: DataSpec, source: dict[str, Any],
-                   labels: torch.Tensor | None = None) -> Path:
+                   labels: torch.Tensor | None = None, *, nrow: int | None = None) -> Path:
     """Write examples (N, *spec.shape, model units) where a user can use them again:
 
-    - ``.png``: one grid image (images only);
+    - ``.png``: one grid image (images only), ``nrow`` images per row (default about square);
     - ``.npy``: the array in the user's units; ``.npz``: ``x`` and, when given, ``y`` (+ ``classes``);
     - ``.csv``: one row per example in the user's units, with the training columns as header
       (tables; images are flattened), and a ``label`` column when labels are given;
@@ -166,7 +166,7 @@ def write_examples(path: str | Path, x: torch.Tensor, spec: DataSpec, source: di
         if not spec.is_image:
             raise UsageError(f"{p}: a PNG grid needs image data; this model's examples are vectors of {spec.dim}; "
                              "use .csv, .npy or .npz")
-        return save_image_grid(p, a, kind=spec.kind)
+        return save_image_grid(p, a, nrow=nrow, kind=spec.kind)
     if ext == ".npy":
         return save_array(p, a.astype(np.float32))
     if ext == ".npz":

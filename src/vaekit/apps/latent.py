@@ -8,17 +8,23 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..data.batch import Batch, as_batch, model_inputs
 from ..errors import DataError, UsageError
 
 METHODS = ("linear", "slerp")
 
 
 @torch.no_grad()
-def embed(model: Any, x: torch.Tensor, *, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means and variances of q(z|x): two (N, D) float32 CPU tensors."""
+def embed(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and variances of q(z|x): two (N, D) float32 CPU tensors.
+
+    x: (N, *spec.shape), or a Batch that also carries what a conditional model reads (q(z|x,c)
+    under each example's own label or condition)."""
+    b = as_batch(x)
     mus, vars_ = [], []
-    for i in range(0, len(x), batch_size):
-        mu, logvar = model.encode(x[i:i + batch_size].to(model.device))
+    for i in range(0, len(b), batch_size):
+        part = b[i:i + batch_size].to(model.device)
+        mu, logvar = model.encode(part.x, **model_inputs(model, part))
         mus.append(mu.float().cpu())
         vars_.append(logvar.float().exp().cpu())
     if not mus:
@@ -47,24 +53,38 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return direction * ((1 - t) * na + t * nb)
 
 
+def _rows(cond: dict[str, torch.Tensor] | None, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A condition of one example ({f: (1, ...)}) repeated for n decoded frames."""
+    return {f: v[:1].expand(n, *v.shape[1:]).to(device) for f, v in (cond or {}).items()}
+
+
 @torch.no_grad()
 def interpolate(model: Any, x_from: torch.Tensor, x_to: torch.Tensor, *, steps: int = 10,
-                method: str = "linear") -> torch.Tensor:
+                method: str = "linear", cond_from: dict[str, torch.Tensor] | None = None,
+                cond_to: dict[str, torch.Tensor] | None = None,
+                cond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Decoded path between two examples' posterior means: (steps, *spec.shape), CPU.
 
     x_from, x_to: (1, *shape) or (*shape). The first and last frames decode the endpoints' own
-    posterior means (their reconstructions).
+    posterior means (their reconstructions). Conditional models: each endpoint is encoded under
+    its own condition (``cond_from``, ``cond_to``: {"y": (1,)} or {"c": (1, ...)}), and every
+    frame is decoded under ``cond`` (default ``cond_from``): the label held fixed, the style moving.
     """
     if steps < 2:
         raise UsageError(f"--steps must be at least 2, got {steps}")
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     shape = tuple(model.spec.shape)
-    xs = torch.stack([x_from.reshape(shape), x_to.reshape(shape)]).to(model.device)
-    mu, _ = model.encode(xs)
+    dev = model.device
+    if cond_from:
+        ends = [model.encode(x.reshape(1, *shape).to(dev), **_rows(cf, 1, dev))[0]
+                for x, cf in ((x_from, cond_from), (x_to, cond_to or cond_from))]
+        mu = torch.cat(ends)
+    else:
+        mu, _ = model.encode(torch.stack([x_from.reshape(shape), x_to.reshape(shape)]).to(dev))
     t = torch.linspace(0.0, 1.0, steps, device=mu.device, dtype=mu.dtype)
     z = (1 - t[:, None]) * mu[0] + t[:, None] * mu[1] if method == "linear" else slerp(mu[0], mu[1], t)
-    return model.decode_mean(z).cpu()
+    return model.decode_mean(z, **_rows(cond or cond_from, steps, dev)).cpu()
 
 
 def _latent_dims(model: Any) -> int:
@@ -73,9 +93,10 @@ def _latent_dims(model: Any) -> int:
 
 @torch.no_grad()
 def traverse(model: Any, dims: Sequence[int], *, base: torch.Tensor | None = None, span: float = 3.0,
-             steps: int = 9) -> torch.Tensor:
+             steps: int = 9, cond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Sweep each latent dimension in ``dims`` over [-span, span] with the others held at ``base``
-    (a (D,) latent, default the prior mean 0): returns (len(dims), steps, *spec.shape), CPU."""
+    (a (D,) latent, default the prior mean 0): returns (len(dims), steps, *spec.shape), CPU.
+    Conditional models decode every frame under ``cond`` ({"y": (1,)} or {"c": (1, ...)})."""
     d = _latent_dims(model)
     bad = [i for i in dims if not 0 <= i < d]
     if bad:
@@ -87,8 +108,21 @@ def traverse(model: Any, dims: Sequence[int], *, base: torch.Tensor | None = Non
     z = z0.repeat(len(dims), steps, 1)  # (R, S, D)
     for r, i in enumerate(dims):
         z[r, :, i] = vals
-    out = model.decode_mean(z.reshape(-1, d).to(model.device)).cpu()
+    z = z.reshape(-1, d).to(model.device)
+    out = model.decode_mean(z, **_rows(cond, len(z), model.device)).cpu()
     return out.reshape(len(dims), steps, *out.shape[1:])
+
+
+@torch.no_grad()
+def transfer(model: Any, x: torch.Tensor, own: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """"The same style, another class": encode x (1, *shape) under its own condition ``own``
+    ({"y": (1,)}), decode the posterior mean under each target condition ({"y": (T,)}):
+    returns (T, *spec.shape), CPU."""
+    dev = model.device
+    mu, _ = model.encode(x.reshape(1, *model.spec.shape).to(dev), **_rows(own, 1, dev))
+    t = {f: v.to(dev) for f, v in targets.items()}
+    n = len(next(iter(t.values())))
+    return model.decode_mean(mu.expand(n, -1), **t).cpu()
 
 
 def most_active_dims(kl_per_dim: Sequence[float], n: int = 8) -> list[int]:

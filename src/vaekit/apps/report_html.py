@@ -18,7 +18,7 @@ from ..data.datasets import Split
 from ..figures import _save_figure, save_image_grid, save_reconstructions, save_samples, save_training_curves
 from ..io import write_text
 from .common import LoadedRun, class_names
-from .generate import reconstruct, sample, seeded
+from .generate import figure_samples, reconstruct, seeded
 from .latent import embed, interpolate, map_2d
 from .plots import save_frames, save_latent_map
 
@@ -67,29 +67,53 @@ def _sections(run: LoadedRun, test: Split, tmp: Path) -> dict[str, Path | None]:
     records = _records(d)
     out["curves"] = d / "training_curves.png" if (d / "training_curves.png").exists() else (
         save_training_curves(tmp / "curves.png", records) if records else None)
-    x = test.x[:MAP_POINTS]
+    b = test[:MAP_POINTS]  # with labels / conditions: a conditional model reads them
+    x = b.x
+    cond = getattr(model, "batch_fields", ())
     with seeded(run.config.train.seed):
-        x_hat, _ = reconstruct(model, x[:16])
+        x_hat, _ = reconstruct(model, b[:16])
         out["recon"] = save_reconstructions(tmp / "recon.png", x[:16], x_hat, n=16, kind=spec.kind)
-        out["samples"] = save_samples(tmp / "samples.png", sample(model, 64 if spec.is_image else 500, seed=None,
-                                                                   mean=spec.is_image), kind=spec.kind, reference=x[:500])
-        mu, _ = embed(model, x)
+        xs, _, nrow = figure_samples(model, b, n=64 if spec.is_image else 500, seed=None, mean=spec.is_image)
+        out["samples"] = save_samples(tmp / "samples.png", xs, kind=spec.kind, reference=x[:500], nrow=nrow)
+        out["per_class"] = "y" in cond
+        mu, _ = embed(model, b)
         coords, axes = map_2d(mu.numpy(), method="pca")
         names = class_names(run.source, spec.num_classes)
         y = None if test.y is None else test.y[:MAP_POINTS].numpy()
         out["map"] = save_latent_map(tmp / "map.png", coords, labels=y, names=names, axes_label=axes,
                                      title=f"latent map of {len(mu)} test examples")
         j = next((i for i in range(1, len(x)) if y is None or y[i] != y[0]), min(1, len(x) - 1))
-        out["interp"] = save_frames(tmp / "interp.png", interpolate(model, x[0], x[j], steps=10), spec)
+        ends = {f: (getattr(b, f)[0:1], getattr(b, f)[j:j + 1]) for f in cond}
+        frames = interpolate(model, x[0], x[j], steps=10, cond_from={f: v[0] for f, v in ends.items()} or None,
+                             cond_to={f: v[1] for f, v in ends.items()} or None)
+        out["interp"] = save_frames(tmp / "interp.png", frames, spec)
         out["interp_ends"] = (0, j)
         from ..metrics import per_example_scores
 
-        scores = per_example_scores(model, x, kind="elbo", seed=run.config.train.seed).numpy()
+        scores = per_example_scores(model, b, kind="elbo", seed=run.config.train.seed).numpy()
         out["hist"] = _score_histogram(tmp / "hist.png", scores, y, names)
         top = np.argsort(-scores)[:8]
         out["top"] = save_image_grid(tmp / "top.png", x[top], nrow=8, kind=spec.kind) if spec.is_image else None
     out["kl"] = d / "kl_per_dim.png" if (d / "kl_per_dim.png").exists() else None
     return out
+
+
+def _model_line(run: LoadedRun) -> str:
+    """The model in a few words, with the resolved settings (the model's own config, in which the
+    likelihood and widths that were left to defaults are filled in)."""
+    m = run.model.config
+    hidden = m.hidden
+    if hidden is None and m.arch == "conv" and run.spec.is_image:
+        from ..modules.blocks import conv_plan
+
+        hidden = conv_plan(run.spec.shape, None)[0]
+    widths = ",".join(str(h) for h in hidden) if hidden else "default"
+    extra = [f"beta {m.beta:g}"] if m.beta != 1 else []
+    if getattr(m, "latent_dim2", 0):
+        extra.append(f"second layer {m.latent_dim2}")
+    if getattr(m, "conditional_prior", False) and getattr(run.model, "batch_fields", ()):
+        extra.append("conditional prior p(z|c)")
+    return " · ".join([m.model, f"{m.arch} {widths}", f"latent {m.latent_dim}", f"{m.likelihood} likelihood", *extra])
 
 
 def _records(d: Path) -> list[dict[str, Any]]:
@@ -134,9 +158,7 @@ def build_report(run: LoadedRun, test: Split, *, evaluation: dict[str, Any] | No
     records = _records(d)
     with tempfile.TemporaryDirectory() as t, torch.no_grad():
         figs = _sections(run, test, Path(t))
-        m = cfg.model
-        model_line = (f"{m.model} · {m.arch} {m.hidden} · latent {m.latent_dim} · {m.likelihood} likelihood"
-                      f"{f' · beta {m.beta:g}' if m.beta != 1 else ''}")
+        model_line = _model_line(run)
         a, b = figs["interp_ends"]
         parts = [
             f"<h1>{html.escape(d.name)}</h1>",
@@ -146,7 +168,9 @@ def build_report(run: LoadedRun, test: Split, *, evaluation: dict[str, Any] | No
             "<section><h2>Training</h2>" + _img(figs["curves"], "training curves") + "</section>",
             "<section class=row><div><h2>Reconstructions</h2><p class=note>originals above their reconstructions "
             "(decoder mean at the posterior mean)</p>" + _img(figs["recon"], "reconstructions") + "</div>"
-            "<div><h2>Samples</h2><p class=note>z drawn from the prior, decoded</p>" + _img(figs["samples"], "samples")
+            "<div><h2>Samples</h2><p class=note>" + ("one row per class: " + html.escape(", ".join(
+                class_names(run.source, spec.num_classes))) + "; z drawn from the prior, decoded with the class"
+                if figs["per_class"] else "z drawn from the prior, decoded") + "</p>" + _img(figs["samples"], "samples")
             + "</div></section>",
             "<section><h2>Latent space</h2>" + _img(figs["map"], "latent map") + "</section>",
             f"<section><h2>Interpolation</h2><p class=note>test example {a} to test example {b}, linear in z</p>"

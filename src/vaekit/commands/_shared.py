@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..apps.common import LoadedRun, open_run, pick, run_inputs
+from ..data.batch import Batch
 from ..errors import UsageError
 
 
@@ -29,16 +30,22 @@ def open_from_args(args: argparse.Namespace) -> LoadedRun:
 def example(run: LoadedRun, ref: str, args: argparse.Namespace, what: str) -> tuple[torch.Tensor, int | None]:
     """An example named on the command line: an index into the run's split ("17") or a file
     (image, .npy, .csv: its first example). Returns ((1, *shape), its label or None)."""
+    b = example_batch(run, ref, args, what)
+    return b.x, None if b.y is None else int(b.y[0])
+
+
+def example_batch(run: LoadedRun, ref: str, args: argparse.Namespace, what: str) -> Batch:
+    """``example``'s example as a 1-row Batch, with its label and condition when it has them."""
     try:
         index: int | None = int(ref)
     except ValueError:
         index = None
     if index is not None:
         s = run_inputs(run, None, split=getattr(args, "split", "test"), data_dir=args.data_dir)
-        x = pick(s, index, what)
-        return x, None if s.y is None else int(s.y[index])
-    s = run_inputs(run, ref)
-    return s.x[:1], None if s.y is None else int(s.y[0])
+        pick(s, index, what)  # the range check
+        i = index % len(s)
+        return s[i:i + 1]
+    return run_inputs(run, ref)[:1]
 
 
 def positive(name: str, value: float, *, integer: bool = False) -> None:

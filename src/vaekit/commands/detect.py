@@ -13,6 +13,7 @@ import torch
 
 from ..apps.anomaly import DEFAULT_SCORE, SCORES, check_contamination, detect
 from ..apps.common import check_out, class_names, label_index, run_inputs
+from ..data.batch import Batch
 from ..errors import UsageError, VaekitError
 from ..io import atomic_path
 from ._shared import add_run_args, emit, open_from_args
@@ -24,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("detect", help="anomaly scores (higher = more anomalous), a threshold and flags")
     add_run_args(p, split=False)
     p.add_argument("--input", default=None, help="image folder/file, .npy/.npz or .csv (default: the run's test split)")
-    p.add_argument("--score", default=DEFAULT_SCORE, help=f"{' | '.join(SCORES)} (default {DEFAULT_SCORE})")
+    p.add_argument("--score", default=None, help=f"{' | '.join(SCORES)} (default {DEFAULT_SCORE}; conditional runs: "
+                                                "elbo, i.e. -log p(x|c) bounded under each example's own label)")
     p.add_argument("--contamination", type=_finite, default=0.05,
                    help="share of NORMAL (validation) data to flag: the threshold is its (1 - c) quantile; in (0, 0.5]")
     p.add_argument("--normal-label", default=None,
@@ -53,12 +55,14 @@ def _anomaly_labels(y: torch.Tensor | None, source: dict[str, Any], num_classes:
     return None
 
 
-def _reference(run, args: argparse.Namespace) -> torch.Tensor | None:
-    """The run's validation split (normal data the model did not train on), or None if unavailable."""
+def _reference(run, args: argparse.Namespace) -> torch.Tensor | Batch | None:
+    """The run's validation split (normal data the model did not train on), or None if unavailable;
+    with its labels or conditions for a conditional model."""
     try:
-        return run_inputs(run, None, split="val", data_dir=args.data_dir).x
+        s = run_inputs(run, None, split="val", data_dir=args.data_dir)
     except VaekitError:
         return None
+    return s if getattr(run.model, "batch_fields", ()) else s.x
 
 
 def _write_csv(path: Path, det, labels: list[str] | None) -> None:
@@ -93,12 +97,18 @@ def _histogram(path: Path, det, anomalous: np.ndarray | None) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    if args.score not in SCORES:
+    if args.score is not None and args.score not in SCORES:
         raise UsageError(f"unknown --score {args.score!r}; valid: {', '.join(SCORES)}")
     check_contamination(args.contamination)
     if args.iw_samples < 1:
         raise UsageError(f"--iw-samples must be >= 1, got {args.iw_samples}")
     run = open_from_args(args)
+    conditional = bool(getattr(run.model, "batch_fields", ()))
+    if args.score is None:
+        args.score = "elbo" if conditional else DEFAULT_SCORE
+    elif args.score == "excess" and conditional:
+        raise UsageError("--score excess is for unconditional runs; this run is conditional: use --score elbo, "
+                         "nll or recon (scores of x under its own label or condition)")
     out = check_out(args.out or run.dir / "scores.csv", (".csv",))
     fig_path = out.with_suffix(".png")
     s = run_inputs(run, args.input, split="test", data_dir=args.data_dir, limit=args.limit)
@@ -106,7 +116,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     ref = _reference(run, args)
     if ref is None and args.score == "excess" and run.model.config.likelihood == "bernoulli":
         ref = s.x  # no validation data: the inputs themselves stand in as the reference
-    det = detect(run.model, s.x, labels=anomalous, reference=ref, score=args.score,
+    inputs = s if conditional else s.x
+    det = detect(run.model, inputs, labels=anomalous, reference=ref, score=args.score,
                  contamination=args.contamination, iw_samples=args.iw_samples, seed=args.seed)
     names = class_names(run.source, run.spec.num_classes)
     labels = None if s.y is None else [names[int(c)] if int(c) < len(names) else str(int(c)) for c in s.y]

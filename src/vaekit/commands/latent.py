@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 from ..apps.common import check_out, class_names, label_index, run_inputs, save_array, to_original_units
-from ..apps.latent import METHODS, attribute_vector, edit, embed, interpolate, map_2d, most_active_dims, traverse
+from ..apps.conditional import condition_field, cond_of, example_cond, label_name, require_labels, run_label
+from ..apps.latent import (METHODS, attribute_vector, edit, embed, interpolate, map_2d, most_active_dims, transfer,
+                           traverse)
 from ..apps.plots import save_frames, save_latent_map
 from ..errors import UsageError
-from ._shared import add_run_args, emit, example, open_from_args, positive
+from ._shared import add_run_args, emit, example, example_batch, open_from_args, positive
 
 FIG = (".png",)
 
@@ -26,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", dest="dst", required=True, help="index into the split, or an image/array file")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--method", choices=METHODS, default="linear", help="linear or slerp (spherical)")
+    p.add_argument("--label", default=None, help="conditional runs: decode every frame as this class "
+                                                 "(default: the --from example's own label)")
     p.add_argument("--out", default=None, help="image strip (.png; default RUN/interpolate-I-J.png) or frames (.npy, .csv)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_interpolate)
@@ -37,14 +41,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--input", default=None, help="hold the others at this example's latent (index or file); default 0")
     t.add_argument("--span", type=_finite, default=3.0, help="sweep z_d over [-span, span]")
     t.add_argument("--steps", type=int, default=9)
+    t.add_argument("--label", default=None, help="conditional runs: decode as this class "
+                                                 "(default: the --input example's own label, else the first class)")
     t.add_argument("--out", default=None, help="figure .png (default RUN/traverse.png) or frames .npy/.csv")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_traverse)
 
-    e = sub.add_parser("edit", help="move an example toward a label along the difference of class-mean latents")
+    e = sub.add_parser("edit", help="move an example toward a label along the difference of class-mean latents "
+                                    "(conditional runs: --to-label, the same style as another class)")
     add_run_args(e)
     e.add_argument("--input", required=True, help="index into the split, or an image/array file")
-    e.add_argument("--toward", required=True, help="target label (a class of the training labels)")
+    e.add_argument("--toward", default=None, help="target label (a class of the training labels)")
+    e.add_argument("--to-label", default=None,
+                   help="conditional runs: encode the example under its own label, decode it as this class "
+                        "(a name or index; 'all': every class)")
+    e.add_argument("--label", default=None, help="with --to-label: the example's own class when the input has no label")
     e.add_argument("--away-from", default=None, help="source label (default: the example's own label if known, "
                                                        "else all other classes)")
     e.add_argument("--strength", type=_finite, default=1.0, help="how far to move (1 = one class-mean difference)")
@@ -103,12 +114,19 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     run = open_from_args(args)
     tag = f"{Path(args.src).stem}-{Path(args.dst).stem}"
     out = check_out(args.out or run.dir / f"interpolate-{tag}.png", FRAMES)
-    xa, _ = example(run, args.src, args, "--from")
-    xb, _ = example(run, args.dst, args, "--to")
-    frames = interpolate(run.model, xa, xb, steps=args.steps, method=args.method)
+    if args.label is not None:
+        require_labels(run, "--label")
+    ea, eb = example_batch(run, args.src, args, "--from"), example_batch(run, args.dst, args, "--to")
+    ca, cb = example_cond(run, ea, args.label, "--from"), example_cond(run, eb, args.label, "--to")
+    held = {"y": torch.tensor([run_label(run, args.label)])} if args.label is not None else ca
+    frames = interpolate(run.model, ea.x, eb.x, steps=args.steps, method=args.method, cond_from=ca, cond_to=cb,
+                         cond=held)
     _write_frames(out, frames, run, {"t": np.linspace(0.0, 1.0, args.steps).tolist()})
-    return emit(args, {"out": str(out), "steps": args.steps, "method": args.method},
-                [f"wrote a {args.steps}-step {args.method} interpolation to {out}"])
+    res = {"out": str(out), "steps": args.steps, "method": args.method}
+    if "y" in held:
+        res["label"] = label_name(run, int(held["y"][0]))
+    return emit(args, res, [f"wrote a {args.steps}-step {args.method} interpolation"
+                            + (f" (as class {res['label']})" if "label" in res else "") + f" to {out}"])
 
 
 def cmd_traverse(args: argparse.Namespace) -> int:
@@ -117,27 +135,52 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     run = open_from_args(args)
     dims = _dims(args.dim)
     out = check_out(args.out or run.dir / "traverse.png", FRAMES)
-    base = None
+    if args.label is not None:
+        require_labels(run, "--label")
+    base, cond = None, _default_cond(run, args)
     if args.input is not None:
-        x, _ = example(run, args.input, args, "--input")
-        base = embed(run.model, x)[0][0]
+        ex = example_batch(run, args.input, args, "--input")
+        own = example_cond(run, ex, args.label, "--input")
+        base = embed(run.model, ex.replace(**own) if own else ex.x)[0][0]
+        cond = own if args.label is None else cond
     if dims is None:  # the dimensions the model actually uses
         from ..metrics import evaluate
 
         s = run_inputs(run, None, split=args.split, data_dir=args.data_dir, limit=1000)
-        kl = evaluate(run.model, s.x)["kl_per_dim"][: run.model.latent_dim]  # a 2nd layer's dims come after
+        kl = evaluate(run.model, s)["kl_per_dim"][: run.model.latent_dim]  # a 2nd layer's dims come after
         dims = most_active_dims(kl, 8)
-    frames = traverse(run.model, dims, base=base, span=args.span, steps=args.steps)
+    frames = traverse(run.model, dims, base=base, span=args.span, steps=args.steps, cond=cond)
     values = np.linspace(-args.span, args.span, args.steps).tolist()
     _write_frames(out, frames, run, {"dim": [d for d in dims for _ in values], "value": values * len(dims)},
                   row_labels=[f"z{d}" for d in dims])
-    return emit(args, {"out": str(out), "dims": dims, "span": args.span, "steps": args.steps},
-                [f"traversed dimensions {', '.join(map(str, dims))} over [-{args.span:g}, {args.span:g}]: {out}"])
+    res = {"out": str(out), "dims": dims, "span": args.span, "steps": args.steps}
+    if cond and "y" in cond:
+        res["label"] = label_name(run, int(cond["y"][0]))
+    return emit(args, res, [f"traversed dimensions {', '.join(map(str, dims))} over [-{args.span:g}, {args.span:g}]"
+                            + (f" as class {res['label']}" if "label" in res else "") + f": {out}"])
+
+
+def _default_cond(run, args: argparse.Namespace) -> dict[str, torch.Tensor] | None:
+    """The condition a traversal is decoded under without an --input: --label, else the first
+    class (label-conditional runs), or the first test example's condition (c-conditioned runs)."""
+    field = condition_field(run.model)
+    if field == "y":
+        return {"y": torch.tensor([run_label(run, args.label) if args.label is not None else 0])}
+    if field == "c":
+        return cond_of(run.model, run_inputs(run, None, split=args.split, data_dir=args.data_dir, limit=1))
+    return None
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    if (args.toward is None) == (args.to_label is None):
+        raise UsageError("edit needs one of --toward L (move along a class-mean difference) or --to-label L "
+                         "(conditional runs: decode as another class)")
+    if args.to_label is not None:
+        return _edit_to_label(args)
     positive("--steps", args.steps)
     run = open_from_args(args)
+    if condition_field(run.model) is not None:
+        raise UsageError("--toward moves an unconditional run's latent; this run is conditional: use --to-label L")
     target = label_index(args.toward, run.source, run.spec.num_classes)
     away = None if args.away_from is None else label_index(args.away_from, run.source, run.spec.num_classes)
     out = check_out(args.out or run.dir / f"edit-{Path(args.input).stem}-toward-{args.toward}.png", FRAMES)
@@ -159,13 +202,34 @@ def cmd_edit(args: argparse.Namespace) -> int:
                  f"(strength 0 to {args.strength:g}, |v| = {float(vec.norm()):.3g}): {out}"])
 
 
+def _edit_to_label(args: argparse.Namespace) -> int:
+    """"The same style, another class": the example encoded under its own label, decoded as the target(s)."""
+    run = open_from_args(args)
+    require_labels(run, "--to-label")
+    k = int(run.spec.num_classes)
+    targets = list(range(k)) if args.to_label == "all" else [run_label(run, args.to_label, "--to-label")]
+    if args.label is not None:
+        run_label(run, args.label)
+    tag = "all" if args.to_label == "all" else label_name(run, targets[0])
+    out = check_out(args.out or run.dir / f"edit-{Path(args.input).stem}-to-{tag}.png", FRAMES)
+    ex = example_batch(run, args.input, args, "--input")
+    own = example_cond(run, ex, args.label, "--input")
+    frames = transfer(run.model, ex.x, own, {"y": torch.tensor(targets)})
+    frames = torch.cat([ex.x.to(frames.dtype), frames])  # the input first, for comparison
+    names = ["input"] + [label_name(run, t) for t in targets]
+    _write_frames(out, frames, run, {"label": names}, col_labels=names)
+    frm = label_name(run, int(own["y"][0]))
+    return emit(args, {"out": str(out), "from": frm, "to": names[1:]},
+                [f"example {args.input} (class {frm}) decoded as {', '.join(names[1:])}: {out}"])
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     run = open_from_args(args)
     out = check_out(args.out, (".csv", ".npy", ".npz"))
     map_out = None if args.map == "none" else check_out(args.map_out or out.with_name(out.stem + "-map.png"), FIG,
                                                          "--map-out")
     s = run_inputs(run, args.input, split=args.split, data_dir=args.data_dir, limit=args.limit)
-    mu, var = embed(run.model, s.x)
+    mu, var = embed(run.model, s)
     d = mu.shape[1]
     table = torch.cat([mu, var], 1) if args.variance else mu
     header = [f"z{i}" for i in range(d)] + ([f"var{i}" for i in range(d)] if args.variance else [])

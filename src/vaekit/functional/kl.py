@@ -14,6 +14,13 @@ def kl_normal_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor
     return 0.5 * (mu * mu + logvar.exp() - 1.0 - logvar)
 
 
+def kl_normal_normal(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor
+                     ) -> torch.Tensor:
+    """KL( N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p)) ) per dimension, in nats (broadcasting)."""
+    d = mu_q - mu_p
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + d * d) * torch.exp(-logvar_p) - 1.0)
+
+
 def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Elementwise log N(x; mu, exp(logvar)) in nats (broadcasting)."""
     return -0.5 * (_LOG_2PI + logvar + (x - mu) ** 2 * torch.exp(-logvar))

@@ -4,5 +4,7 @@ from .base import MODELS, ModelConfig, build_model
 from .vae import VAE
 from .iwae import IWAE  # noqa: E402  (registers "iwae")
 from .hierarchical import TwoLayerIWAE, TwoLayerVAE  # noqa: E402  (second stochastic layer)
+from .cvae import CVAE  # noqa: E402  (registers "cvae")
+from .m2 import M2  # noqa: E402  (registers "m2")
 
-__all__ = ["IWAE", "MODELS", "ModelConfig", "TwoLayerIWAE", "TwoLayerVAE", "VAE", "build_model"]
+__all__ = ["CVAE", "IWAE", "M2", "MODELS", "ModelConfig", "TwoLayerIWAE", "TwoLayerVAE", "VAE", "build_model"]

@@ -139,6 +139,10 @@ class BaseModel(nn.Module):
     def init_from_data(self, x: torch.Tensor) -> None:
         """Data-dependent initialisation before training (a no-op unless a model defines it)."""
 
+    def check_data(self, train: Any) -> None:
+        """Refuse training data this model cannot learn from (``train``: the training Split), with
+        one line naming the fix; called before anything is written (a no-op unless a model defines it)."""
+
 
 def build_model(config: ModelConfig, spec: DataSpec) -> BaseModel:
     """Build the model named by ``config.model`` for data described by ``spec``."""

@@ -46,14 +46,22 @@ def mlp(sizes: list[int], act: str, final_act: bool = False) -> nn.Sequential:
 
 @ENCODERS.register("mlp")
 class MLPEncoder(nn.Module):
-    """Flatten, hidden layers, then one linear head giving [mu, logvar]."""
+    """Flatten, hidden layers, then one linear head giving [mu, logvar].
 
-    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: list[int], act: str = "relu") -> None:
+    ``cond_dim`` > 0 (conditional models): a condition vector c (B, cond_dim) is concatenated to
+    the flattened x before the first layer; ``forward(x, c)`` then needs it.
+    """
+
+    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: list[int], act: str = "relu",
+                 cond_dim: int = 0) -> None:
         super().__init__()
-        self.net = mlp([math.prod(shape), *hidden, 2 * latent_dim], act)
+        self.net = mlp([math.prod(shape) + cond_dim, *hidden, 2 * latent_dim], act)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.net(x.reshape(x.shape[0], -1))  # (B, 2D)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = x.reshape(x.shape[0], -1)
+        if c is not None:
+            h = torch.cat([h, c.to(h.dtype)], dim=1)
+        h = self.net(h)  # (B, 2D)
         mu, logvar = h.chunk(2, dim=-1)
         return mu, logvar
 
@@ -101,9 +109,14 @@ def conv_plan(shape: tuple[int, ...], hidden: list[int] | None) -> tuple[list[in
 
 @ENCODERS.register("conv")
 class ConvEncoder(nn.Module):
-    """Stride-2 3x3 convolutions, then a linear head giving [mu, logvar]."""
+    """Stride-2 3x3 convolutions, then a linear head giving [mu, logvar].
 
-    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: list[int] | None, act: str = "relu") -> None:
+    ``cond_dim`` > 0 (conditional models): a condition vector c (B, cond_dim) is concatenated to
+    the flattened conv features before the head; ``forward(x, c)`` then needs it.
+    """
+
+    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: list[int] | None, act: str = "relu",
+                 cond_dim: int = 0) -> None:
         super().__init__()
         channels, sizes = conv_plan(shape, hidden)
         layers: list[nn.Module] = []
@@ -113,10 +126,12 @@ class ConvEncoder(nn.Module):
             c_in = c
         self.conv = nn.Sequential(*layers)
         h, w = sizes[-1]
-        self.head = nn.Linear(c_in * h * w, 2 * latent_dim)
+        self.head = nn.Linear(c_in * h * w + cond_dim, 2 * latent_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.conv(x).flatten(1)
+        if c is not None:
+            h = torch.cat([h, c.to(h.dtype)], dim=1)
         mu, logvar = self.head(h).chunk(2, dim=-1)
         return mu, logvar
 
