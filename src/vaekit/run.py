@@ -126,7 +126,6 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
     d = load_run_data(cfg)
     model = build_model(cfg.model, d.spec)
     model.check_data(d.train)
-    model.check_data(d.train)
     trainer = Trainer(model, d, cfg.train, run_dir, progress=progress, callbacks=callbacks)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
