@@ -34,7 +34,7 @@ def _need_condition(spec: DataSpec) -> None:
     """One line naming the fix when the data give a conditional model nothing to condition on."""
     if spec.cond_shape is None and not spec.num_classes:
         raise UsageError("--model cvae needs labels or a condition for every example, and this data has neither; "
-                         "give a folder with one subfolder per class, a CSV with --label-column or "
+                         "give an image folder with one subfolder per class (two or more), a CSV with --label-column or "
                          "--condition-columns, an .npz with y or c, or --condition FILE (or use --model vae)")
     if spec.cond_shape is None and spec.num_classes == 1:
         raise UsageError("--model cvae needs at least two classes, and this data has one (e.g. a folder with one "
