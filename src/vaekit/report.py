@@ -64,6 +64,11 @@ def write_figures(run: "Run", res: dict[str, Any]) -> None:
     from .data.batch import model_inputs
 
     assert run.dir is not None and run.data is not None
+    if callable(getattr(run.model, "complete", None)):  # completion models: strips instead of reconstructions/samples
+        from .apps.complete import write_completion_figures
+
+        records = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        return write_completion_figures(run.dir, run.model, run.data.test.x, records, res, seed=run.config.train.seed)
     model, d = run.model, run.dir
     b = run.data.test[:32].to(model.device)  # conditional models read the examples' labels or conditions
     with torch.no_grad(), fork_rng(model.device):

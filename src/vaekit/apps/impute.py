@@ -128,6 +128,9 @@ def impute(model: Any, x: torch.Tensor, mask: Any = None, *, method: str = DEFAU
     entries an estimate of E[x_mis | x_obs] (decoder means: probabilities for Bernoulli models).
     """
     steps = check_method(method, iters)
+    if callable(getattr(model, "complete", None)):  # its networks read the given part and the mask themselves
+        raise UsageError("this run is a completion model (--model completion): fill the missing part with "
+                         "vaekit complete RUN --input ... --mask ...")
     if method in ("mwg", "importance") and getattr(model.config, "latent_dim2", 0):
         # MWG's acceptance ratio and the importance weights need p(z1) in closed form; with a
         # second stochastic layer it is an integral over z2.

@@ -149,6 +149,10 @@ def build_report(run: LoadedRun, test: Split, *, evaluation: dict[str, Any] | No
     test: the examples shown (the run's test split, or any inputs). ``evaluation``: metrics to
     show (default: ``RUN/evaluation.json`` when it exists).
     """
+    if callable(getattr(run.model, "complete", None)):  # completion models get their own page
+        from .complete import build_completion_report
+
+        return build_completion_report(run, test, evaluation=evaluation, out=out)
     d = run.dir
     out = Path(out) if out is not None else d / "report.html"
     if evaluation is None and (d / "evaluation.json").exists():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES: list[str] = ["generate", "latent", "report", "impute", "denoise", "detect"]
+MODULES: list[str] = ["generate", "latent", "report", "impute", "denoise", "detect", "complete"]
 
 
 def register_all(sub) -> None:

@@ -5,6 +5,7 @@ from .vae import VAE
 from .iwae import IWAE  # noqa: E402  (registers "iwae")
 from .hierarchical import TwoLayerIWAE, TwoLayerVAE  # noqa: E402  (second stochastic layer)
 from .cvae import CVAE  # noqa: E402  (registers "cvae")
+from .completion import CompletionVAE  # noqa: E402  (registers "completion")
 from .m2 import M2  # noqa: E402  (registers "m2")
 
-__all__ = ["CVAE", "IWAE", "M2", "MODELS", "ModelConfig", "TwoLayerIWAE", "TwoLayerVAE", "VAE", "build_model"]
+__all__ = ["CVAE", "CompletionVAE", "IWAE", "M2", "MODELS", "ModelConfig", "TwoLayerIWAE", "TwoLayerVAE", "VAE", "build_model"]

@@ -43,6 +43,10 @@ class ModelConfig:
     conditional_prior: conditional models: a learned prior p(z|c) instead of N(0, I).
     alpha: semi-supervised models (M2): weight of the classification term on labelled examples
         (Kingma et al. 2014's alpha, see ``models.m2``).
+    given: completion models (``models.completion``): which part of each training example is
+        given, the rest to complete (``functional.masks.GIVEN_MODES``: "1", "2", "3" quadrants
+        as in Sohn et al. 2015, "random" quadrants, "rect", "pixels"); None: "random" for
+        images, "pixels" for vectors.
     """
 
     model: str = "vae"
@@ -60,6 +64,7 @@ class ModelConfig:
     hidden2: list[int] | None = None
     conditional_prior: bool = False
     alpha: float = 0.1
+    given: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self, spec: DataSpec) -> "ModelConfig":
@@ -95,6 +100,10 @@ class ModelConfig:
                              f"got {cfg.gradient_estimator!r}")
         if cfg.gradient_estimator != "reparam" and cfg.model != "iwae":
             raise UsageError(f"--gradient-estimator {cfg.gradient_estimator} is for --model iwae, not {cfg.model!r}")
+        if cfg.given is not None and cfg.model != "completion":
+            raise UsageError(f"--given chooses the masks of --model completion, not {cfg.model!r}; drop --given")
+        if cfg.model == "completion" and cfg.given is None:
+            cfg.given = "random" if spec.is_image else "pixels"
         for flag, value in (("--beta", cfg.beta), ("--free-bits", cfg.free_bits)):
             if value < 0:
                 raise UsageError(f"{flag} must be >= 0, got {value}")
