@@ -8,6 +8,11 @@ Bernoulli/KL gradients written out by hand. It is used only where it applies (ML
 decoder, ReLU/tanh, Bernoulli or fixed-variance Gaussian likelihood, standard normal prior);
 everything else goes through autograd. Tests check it against autograd.
 
+The conditional VAE (``models.cvae``) with labels or condition vectors and the N(0, I) prior runs
+the same step: its one-hot (or vector) condition h is concatenated to x at the encoder's input and
+to z at the decoder's input, exactly as its autograd path does, and only z's part of the decoder's
+input gradient flows back.
+
 Notation: B batch, N values per example, D latent dims; layers act as y = h @ W.T + b.
 """
 
@@ -19,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.cvae import CVAE
 from ..models.vae import VAE
 from ..modules.blocks import MLPDecoder, MLPEncoder
 from ..modules.likelihoods import BernoulliLikelihood, FixedGaussianLikelihood
@@ -38,7 +44,11 @@ def _linears_and_act(seq: nn.Sequential) -> tuple[list[nn.Linear], type | None] 
 def supports(model: nn.Module) -> bool:
     """True when ``FastStep`` computes exactly this model's loss: the one-layer VAE's ELBO (not
     a model that overrides ``loss``, such as the IWAE or the two-stochastic-layer models)."""
-    if getattr(type(model), "loss", None) is not VAE.loss:
+    loss = getattr(type(model), "loss", None)
+    if loss is CVAE.loss:  # conditional: only an identity embedding (one-hot / vector) and the fixed prior
+        if model.cond.net is not None or model.prior_net is not None:
+            return False
+    elif loss is not VAE.loss:
         return False
     enc, dec = getattr(model, "encoder", None), getattr(model, "decoder", None)
     if type(enc) is not MLPEncoder or type(dec) is not MLPDecoder:
@@ -139,20 +149,22 @@ class FastStep:
                 g = _act_backward(act, g, hs[i])
         return g
 
-    def step(self, x: torch.Tensor, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    def step(self, x: torch.Tensor, kl_weight: float = 1.0, **cond: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One step on x (B, *shape); a conditional model's condition comes as its batch field (y= or c=)."""
         cfg = self.model.config
         b = x.shape[0]
         self._checks: list[torch.Tensor] = []
         xf = x.reshape(b, -1)
         with torch.no_grad():
+            h = self.model.condition(**cond) if cond else None  # (B, E): joins x and z
             # encoder -> (mu, logvar) -> z
-            out, enc_hs = self._forward("e", self.enc, self.enc_act, xf)
+            out, enc_hs = self._forward("e", self.enc, self.enc_act, xf if h is None else torch.cat([xf, h], 1))
             mu, logvar = out.chunk(2, dim=1)
             std = torch.exp(0.5 * logvar)
             eps = torch.randn_like(mu)
             z = torch.addcmul(mu, std, eps)
             # decoder -> likelihood
-            params, dec_hs = self._forward("d", self.dec, self.dec_act, z)
+            params, dec_hs = self._forward("d", self.dec, self.dec_act, z if h is None else torch.cat([z, h], 1))
             if self.sigma is None:  # Bernoulli with logits: log p = x*l - softplus(l)
                 log_px = torch.sum(xf * params - F.softplus(params), dim=1)
                 g_params = torch.sigmoid(params).sub_(xf)  # d(-log p)/dl
@@ -174,6 +186,8 @@ class FastStep:
             loss = recon + c * kl_term
             # backward: decoder, then the reparameterisation and the KL
             g_z = self._backward("d", self.dec, self.dec_act, dec_hs, g_params, need_input_grad=True)
+            if h is not None:
+                g_z = g_z[:, :mu.shape[1]]  # the condition is data: no gradient
             g_mu = g_z + mu * c_dims
             g_logvar = (g_z * eps * std).mul_(0.5).add_((var - 1.0).mul_(0.5) * c_dims)
             self._backward("e", self.enc, self.enc_act, enc_hs, torch.cat([g_mu, g_logvar], dim=1), need_input_grad=False)

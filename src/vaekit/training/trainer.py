@@ -301,7 +301,7 @@ class Trainer:
                 bar.update(len(xb))
                 continue
             if self.fast is not None:
-                out = self.fast.step(xb, kl_weight=kl_w)  # sets every p.grad
+                out = self.fast.step(xb, kl_weight=kl_w, **model_inputs(self.model, b))  # sets every p.grad
             else:
                 out = self.model.loss(xb, kl_weight=kl_w, **model_inputs(self.model, b))
                 self.opt.zero_grad()  # in place: reused gradient buffers cost no page faults
