@@ -88,7 +88,7 @@ def train_baseline(data, miss: torch.Tensor, args, hidden: tuple[int, ...]) -> t
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(0)
     x, xv = data.train.x, data.val.x
-    best, best_state, since, epochs, t0 = math.inf, None, 0, 0, time.time()
+    best, best_state, since, epochs, t0 = math.inf, None, 0, 0, time.perf_counter()
     for epoch in range(args.epochs):
         net.train()
         for idx in torch.randperm(len(x), generator=gen).split(args.batch_size):
@@ -103,10 +103,10 @@ def train_baseline(data, miss: torch.Tensor, args, hidden: tuple[int, ...]) -> t
         else:
             since += 1
         print(f"  baseline epoch {epochs}: val NLL {val:.2f}", flush=True)
-        if (args.patience and since >= args.patience) or time.time() - t0 > args.budget_min * 60:
+        if (args.patience and since >= args.patience) or time.perf_counter() - t0 > args.budget_min * 60:
             break
     net.load_state_dict(best_state)
-    return net, {"train_s": time.time() - t0, "epochs": epochs, "val_nll": best}
+    return net, {"train_s": time.perf_counter() - t0, "epochs": epochs, "val_nll": best}
 
 
 def train_cvae(q: int, out: Path, args, hidden: list[int], latent: int):
@@ -115,12 +115,12 @@ def train_cvae(q: int, out: Path, args, hidden: list[int], latent: int):
     from vaekit.apps.common import open_run
 
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.time()
+    t0 = time.perf_counter()
 
     def budget(trainer, rec):
         print(f"  cvae epoch {rec['epoch'] + 1}: val -ELBO {-rec.get('val_elbo', math.nan):.2f} "
               f"({rec['samples_per_s']:.0f} ex/s)", flush=True)
-        if time.time() - t0 > args.budget_min * 60:
+        if time.perf_counter() - t0 > args.budget_min * 60:
             raise _OutOfTime
 
     try:
@@ -130,7 +130,7 @@ def train_cvae(q: int, out: Path, args, hidden: list[int], latent: int):
                      device="cpu", callbacks=[budget])
     except _OutOfTime:
         pass
-    seconds = time.time() - t0
+    seconds = time.perf_counter() - t0
     epochs = sum(1 for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip())
     return open_run(out, device="cpu"), {"train_s": seconds, "epochs": epochs}
 
@@ -138,10 +138,10 @@ def train_cvae(q: int, out: Path, args, hidden: list[int], latent: int):
 def evaluate_cvae(model, test_x: torch.Tensor, args) -> dict:
     from vaekit.metrics import evaluate
 
-    t0 = time.time()
+    t0 = time.perf_counter()
     res = evaluate(model, test_x, iw_samples=args.iw_samples, batch_size=500, seed=0)
     out = {"nll": res["nll"], "nll_std_err": res["nll_std_err"], "neg_elbo": -res["elbo"],
-           "kl": res["kl"], "eval_s": time.time() - t0, "k_sweep": {}}
+           "kl": res["kl"], "eval_s": time.perf_counter() - t0, "k_sweep": {}}
     sweep_x = test_x[:args.sweep_images]
     for k in sorted({1, 10, 100, args.iw_samples, 4 * args.iw_samples}):
         out["k_sweep"][k] = evaluate(model, sweep_x, iw_samples=k, batch_size=500, seed=0)["nll"]

@@ -93,9 +93,10 @@ def complete(model: Any, x: torch.Tensor, miss: torch.Tensor, n: int = 8, *, mea
 
 
 def blanked(x: torch.Tensor, miss: torch.Tensor, kind: str | None) -> torch.Tensor:
-    """x with its missing values shown as mid-grey: 0.5 for data in [0, 1], else the given values' mean."""
+    """x with its missing values shown grey: 0.3 for data in [0, 1] (darker than the grid's 0.5
+    padding, so the blank stays inside its cell), else the given values' mean."""
     given = x[~miss & torch.isfinite(x)]
-    fill = 0.5 if kind in ("binary", "8bit", "unit") or given.numel() == 0 else float(given.mean())
+    fill = 0.3 if kind in ("binary", "8bit", "unit") or given.numel() == 0 else float(given.mean())
     return torch.where(miss, torch.full_like(x, fill), x)
 
 
