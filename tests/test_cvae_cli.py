@@ -119,7 +119,8 @@ def test_bad_training_data(tmp_path, capsys):
     # one class subfolder is no labelling at all (the data layer reads no labels from it)
     assert "one subfolder per class (two or more)" in _bad(capsys, "train", "--data", tmp_path / "one", "--model",
                                                            "cvae", "--out", tmp_path / "r3")
-    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3"))
+    assert "--model cvae" in _bad(capsys, "train", "--data", "digits", "--conditional-prior", "--out", tmp_path / "r4")
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3", "r4"))
 
 
 def test_attribute_vectors_from_a_csv_and_an_npz(tmp_path, capsys):

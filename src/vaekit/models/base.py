@@ -17,6 +17,9 @@ MODELS: Registry = Registry("model")
 #: Two-stochastic-layer variants by model name, used when ``latent_dim2`` > 0 (filled by
 #: ``models.hierarchical``; a model without an entry does not offer a second layer).
 TWO_LAYER: dict[str, type] = {}
+#: Models that offer a learned conditional prior p(z|c) (``ModelConfig.conditional_prior``); filled
+#: by the model modules.
+CONDITIONAL_PRIOR: set[str] = set()
 #: Gradient estimators of the IWAE bound (see ``ModelConfig.gradient_estimator``).
 GRADIENT_ESTIMATORS = ("reparam", "dreg")
 
@@ -98,6 +101,9 @@ class ModelConfig:
         if cfg.gradient_estimator not in GRADIENT_ESTIMATORS:
             raise UsageError(f"--gradient-estimator must be one of {', '.join(GRADIENT_ESTIMATORS)}, "
                              f"got {cfg.gradient_estimator!r}")
+        if cfg.conditional_prior and cfg.model not in CONDITIONAL_PRIOR:
+            raise UsageError(f"--conditional-prior is for conditional models ({', '.join(sorted(CONDITIONAL_PRIOR))}), "
+                             f"not {cfg.model!r}; drop it or use --model cvae")
         if cfg.gradient_estimator != "reparam" and cfg.model != "iwae":
             raise UsageError(f"--gradient-estimator {cfg.gradient_estimator} is for --model iwae, not {cfg.model!r}")
         if cfg.given is not None and cfg.model != "completion":

@@ -24,7 +24,7 @@ from ..functional.kl import gaussian_log_prob, gaussian_log_prob_at_eps, kl_norm
 from ..modules.blocks import DECODERS, ENCODERS, activation, conv_plan, mlp
 from ..modules.likelihoods import LIKELIHOODS
 from ..modules.priors import PRIORS
-from .base import MODELS, BaseModel, ModelConfig
+from .base import CONDITIONAL_PRIOR, MODELS, BaseModel, ModelConfig
 
 COND_EMBED_DIM = 64  # width of the embedding of a conditioning image
 PRIOR_HIDDEN = 128  # hidden width of the prior network p(z|c) for condition vectors and inputs
@@ -238,3 +238,6 @@ class CVAE(BaseModel):
         h = self.condition(y, c)
         mu, _ = self.encoder(x, h)
         return self.likelihood.mean(self._decoder_params(mu, h))
+
+
+CONDITIONAL_PRIOR.add("cvae")
