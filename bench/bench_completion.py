@@ -22,6 +22,7 @@ Both: Adam, lr 1e-3, batch 128, at most --epochs epochs and --budget-min minutes
 early stopping after --patience epochs without a better validation score (the same 54,000 / 6,000
 train / validation split of the 60,000 training images), the best validation epoch kept. The
 test set (10,000 images) is never used for training or selection.
+Runs of single configurations (--quadrants 2) add their rows to the saved table (same K).
 
 Writes bench/results/completion.md (table), completion.json, and completion_q{1,2,3}.png (rows: the
 test image with its missing part grey, the baseline's prediction, 8 CVAE completions, the
@@ -177,16 +178,17 @@ def run_one(q: int, data, out_dir: Path, args) -> dict:
           f"({c_info['train_s']:.0f} s training)", flush=True)
     strips(out_dir / f"completion_q{q}.png", run.model, net, data.test.x[:STRIP_IMAGES], miss)
     return {"quadrants_given": q, "cvae": c_info, "baseline": b_info, "test_images": len(test_x),
-            "hidden": hidden, "latent_dim": latent}
+            "hidden": hidden, "latent_dim": latent, "iw_samples": args.iw_samples,
+            "command": " ".join(args.argv), "date": time.strftime("%Y-%m-%d")}
 
 
 def table(rows: list[dict], args, machine: str) -> str:
     k = args.iw_samples
     lines = [
         "# MNIST quadrant completion (Sohn et al. 2015)", "",
-        f"Command: `.venv/bin/python bench/bench_completion.py {' '.join(args.argv)}`  ",
-        f"Machine: {machine}; date {time.strftime('%Y-%m-%d')}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads.", "",
+        "Commands: " + "; ".join(sorted({f"`.venv/bin/python bench/bench_completion.py {r['command']}` "
+                                         f"({r['date']})" for r in rows})) + "  ",
+        f"Machine: {machine}; torch {torch.__version__}.", "",
         "Negative conditional log-likelihood of the missing pixels, nats per test image "
         f"({rows[0]['test_images']} test images; grey-level MNIST, Bernoulli likelihood). CVAE NLL: "
         f"importance sampling with K = {k} samples from the recognition network (an estimate that falls "
@@ -240,7 +242,13 @@ def main() -> None:
     data = load_data("mnist", data_dir=str(DATA))
     rows = [run_one(q, data, out_dir, args) for q in args.quadrants]
     machine = f"{platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} torch threads)".strip()
-    (out_dir / "completion.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    saved = out_dir / "completion.json"
+    if saved.exists():  # runs of single configurations add up: keep the other quadrants' rows
+        old = json.loads(saved.read_text())
+        rows += [r for r in old.get("rows", []) if r["quadrants_given"] not in args.quadrants
+                 and r.get("iw_samples") == args.iw_samples]
+    rows.sort(key=lambda r: r["quadrants_given"])
+    saved.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
     (out_dir / "completion.md").write_text(table(rows, args, machine))
     print(table(rows, args, machine))
 
