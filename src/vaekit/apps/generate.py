@@ -123,7 +123,8 @@ def reconstruct(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000
         part = b[i:i + batch_size].to(model.device)
         xb, cond = part.x, model_inputs(model, part)
         if cond and not hasattr(model, "decode_params"):  # a conditional model without raw parameters
-            xh, nl = model.reconstruct(xb, **cond), torch.full((len(xb),), float("nan"))
+            mu, _ = model.encode(xb, **cond)
+            xh, nl = model.reconstruct(xb, **cond), -model.decode(mu, **cond).log_prob(xb)
         else:
             mu, _ = model.encode(xb, **cond)
             params = model.decode_params(mu, **cond) if cond else model.decoder(mu)
