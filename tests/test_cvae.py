@@ -2,6 +2,7 @@
 labelled augmentation, and that the condition really steers what it generates."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,3 +171,18 @@ def test_fast_step_matches_autograd(cfg, cond_shape):
         torch.testing.assert_close(p.grad, want[n], rtol=1e-8, atol=1e-10, msg=n)
     assert not supports(_model(conditional_prior=True))  # the learned prior goes through autograd
     assert not supports(_model(DataSpec((1, 8, 8), "unit", None, (1, 8, 8))))  # so does an embedded image
+
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").exists(),
+                    reason="Fashion-MNIST not in ../shared/data")
+def test_fashion_mnist_classes_have_names():
+    from vaekit.apps.common import label_index
+    from vaekit.data.datasets import load_data
+
+    d = load_data("fashion-mnist", data_dir=str(SHARED), download=False)
+    assert d.source["classes"][7] == "Sneaker" and d.spec.num_classes == 10
+    assert d.test.y[:3].tolist() == [9, 2, 1]  # the file's label order is kept
+    assert label_index("Sneaker", d.source, 10) == label_index("7", d.source, 10) == 7

@@ -174,4 +174,6 @@ def test_a_class_folder_with_conv_at_32(tmp_path, capsys):
     code, out, _ = cli(capsys, "sample", run, "--label", "blocks", "--n", 4, "--out", tmp_path / "b.npy", "--json")
     assert code == 0 and json.loads(out)["label"] == "blocks"
     assert np.load(tmp_path / "b.npy").shape == (4, 1, 32, 32)
-    assert "bars, blocks" in _bad(capsys, "sample", run, "--label", "0", "--out", tmp_path / "x.png")
+    assert "bars, blocks" in _bad(capsys, "sample", run, "--label", "circles", "--out", tmp_path / "x.png")
+    code, out, _ = cli(capsys, "sample", run, "--label", 1, "--n", 2, "--out", tmp_path / "i.npy", "--json")
+    assert code == 0 and json.loads(out)["label"] == "blocks"  # a class index works beside the names

@@ -140,7 +140,9 @@ def label_index(label: str, source: dict[str, Any], num_classes: int | None) -> 
         i = int(label)
     except ValueError:
         i = -1
-    if 0 <= i < len(names) and not source.get("classes"):
+    # an index, unless the class values are themselves numbers (then "5" means the class named 5)
+    numeric = any(n.lstrip("-").isdigit() for n in names) and bool(source.get("classes"))
+    if 0 <= i < len(names) and not numeric:
         return i
     raise UsageError(f"unknown label {label!r}; the classes are: {', '.join(names)}")
 

@@ -89,9 +89,20 @@ def _mnist(data_dir: str | None, download: bool) -> _Raw:
     return _idx_dataset("mnist", dl.MNIST_URL, data_dir, download)
 
 
+#: Fashion-MNIST's classes in label order (Xiao et al. 2017; "T-shirt/top" without the slash, so
+#: that a class can name a folder).
+FASHION_CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle-boot"]
+
+
 @DATASETS.register("fashion-mnist")
 def _fashion(data_dir: str | None, download: bool) -> _Raw:
-    return _idx_dataset("fashion-mnist", dl.FASHION_URL, data_dir, download)
+    """Fashion-MNIST with its class names (``--label Sneaker`` or ``--label 7``)."""
+    raw = _idx_dataset("fashion-mnist", dl.FASHION_URL, data_dir, download)
+    names = np.asarray(FASHION_CLASSES)
+    raw.parts = {k: (x, names[y]) for k, (x, y) in raw.parts.items()}
+    raw.info["classes"] = list(FASHION_CLASSES)
+    return raw
 
 
 @DATASETS.register("binarized-mnist")
