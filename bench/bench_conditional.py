@@ -39,7 +39,6 @@ import torch.nn.functional as F
 
 from vaekit.apps.generate import sample
 from vaekit.config import TrainConfig
-from vaekit.data.batch import Batch
 from vaekit.data.datasets import Data, hide_labels, load_data
 from vaekit.models import ModelConfig, build_model
 from vaekit.training.trainer import Trainer

@@ -13,7 +13,6 @@ from vaekit.apps.generate import augment, sample
 from vaekit.data.spec import DataSpec
 from vaekit.errors import UsageError
 from vaekit.models import ModelConfig, build_model
-from vaekit.models.cvae import CVAE
 
 SPEC = DataSpec((1, 8, 8), "unit", 3)
 

@@ -24,11 +24,6 @@ def condition_field(model: Any) -> str | None:
     return "y" if "y" in fields else "c" if "c" in fields else None
 
 
-def is_label_conditional(model: Any) -> bool:
-    """True when the model generates for a class label given to it (``sample(n, y=...)``)."""
-    return condition_field(model) == "y"
-
-
 def require_labels(run: LoadedRun, flag: str) -> None:
     """One line when ``flag`` (a label option) is used on a run that does not take class labels."""
     field = condition_field(run.model)
@@ -53,6 +48,7 @@ def run_label(run: LoadedRun, text: str, flag: str = "--label") -> int:
 
 
 def label_name(run: LoadedRun, index: int) -> str:
+    """The printable name of class ``index`` of the run."""
     names = class_names(run.source, run.spec.num_classes)
     return names[index] if 0 <= index < len(names) else str(index)
 
@@ -74,15 +70,6 @@ def cond_of(model: Any, batch: Batch) -> Cond:
         raise UsageError(f"this model is conditional and these inputs have no {what}; give inputs with {what}"
                          + (" or name the class with --label" if missing[0] == "y" else ""))
     return {f: v for f, v in cond.items() if v is not None}
-
-
-def repeat_cond(cond: Cond, n: int) -> Cond:
-    """One example's condition ({f: (1, ...)}) repeated for n outputs ({f: (n, ...)})."""
-    return {f: v[:1].expand(n, *v.shape[1:]).contiguous() for f, v in cond.items()}
-
-
-def slice_cond(cond: Cond, i: int, j: int) -> Cond:
-    return {f: v[i:j] for f, v in cond.items()}
 
 
 def example_cond(run: LoadedRun, ex: Batch, label: str | None, what: str) -> Cond:
