@@ -119,8 +119,10 @@ class CVAE(BaseModel):
         """The embedded condition h (B, E) from y (B,) or c (B, *cond_shape), whichever the model reads."""
         value = y if self.cond.field == "y" else c
         if value is None:
-            what = "class labels y (B,)" if self.cond.field == "y" else f"conditions c (B, {self.spec.cond_shape})"
-            raise UsageError(f"this model is conditional on {what}: pass {self.cond.field}=...")
+            what = "class labels y (B,)" if self.cond.field == "y" else f"conditions c (B, *{self.spec.cond_shape})"
+            raise UsageError(f"this model is conditional on {what} and got none: pass {self.cond.field}=... "
+                             "(verbs that take no labels or conditions, such as impute and denoise, need an "
+                             "unconditional run)")
         return self.cond(value.to(self.device), self.dtype)
 
     def prior_params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
