@@ -71,7 +71,8 @@ def test_model_contract(model, arch, spec, lik, latent_dim2):
     n_dims = 3 + latent_dim2  # per-dimension KL and posterior means cover every stochastic layer
     assert t["recon"].shape == t["kl"].shape == (6,)
     assert t["kl_dims"].shape == t["mu"].shape == (6, n_dims)
-    torch.testing.assert_close(t["kl_dims"].sum(-1), t["kl"])
+    # "kl_extra": KL of latents that are not continuous dimensions (M2's class y), if any
+    torch.testing.assert_close(t["kl_dims"].sum(-1) + t.get("kl_extra", 0.0), t["kl"])
 
 
 def test_loss_is_negative_elbo_with_beta_and_free_bits():

@@ -124,7 +124,12 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
     check_config(cfg.train)
     torch.manual_seed(cfg.train.seed)
     d = load_run_data(cfg)
-    model = build_model(cfg.model, d.spec)
+    if not resume and (cfg.data.features is not None or cfg.model.extra.get("features")):  # M1+M2
+        from .features import build_on_features
+
+        model = build_on_features(cfg, d)
+    else:
+        model = build_model(cfg.model, d.spec)
     model.check_data(d.train)
     trainer = Trainer(model, d, cfg.train, run_dir, progress=progress, callbacks=callbacks)
     if run_dir is not None:

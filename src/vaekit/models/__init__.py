@@ -7,5 +7,6 @@ from .hierarchical import TwoLayerIWAE, TwoLayerVAE  # noqa: E402  (second stoch
 from .cvae import CVAE  # noqa: E402  (registers "cvae")
 from .completion import CompletionVAE  # noqa: E402  (registers "completion")
 from .m2 import M2  # noqa: E402  (registers "m2")
+from .m1m2 import StackedM2  # noqa: E402  (M2 on a trained VAE's codes: --features)
 
-__all__ = ["CVAE", "CompletionVAE", "IWAE", "M2", "MODELS", "ModelConfig", "TwoLayerIWAE", "TwoLayerVAE", "VAE", "build_model"]
+__all__ = ["CVAE", "CompletionVAE", "IWAE", "M2", "MODELS", "ModelConfig", "StackedM2", "TwoLayerIWAE", "TwoLayerVAE", "VAE", "build_model"]

@@ -20,6 +20,9 @@ TWO_LAYER: dict[str, type] = {}
 #: Models that offer a learned conditional prior p(z|c) (``ModelConfig.conditional_prior``); filled
 #: by the model modules.
 CONDITIONAL_PRIOR: set[str] = set()
+#: Variants trained on the codes of another trained model (M1+M2), by model name, used when
+#: ``extra["features"]`` describes that model (filled by ``models.m1m2``; see ``vaekit.features``).
+ON_FEATURES: dict[str, type] = {}
 #: Gradient estimators of the IWAE bound (see ``ModelConfig.gradient_estimator``).
 GRADIENT_ESTIMATORS = ("reparam", "dreg")
 
@@ -129,11 +132,14 @@ class BaseModel(nn.Module):
     the trainer, metrics and apps pass those fields of a ``data.batch.Batch`` as keyword
     arguments to ``loss``, ``elbo_terms`` and ``log_weights``. A model that wants labelled
     examples in every training batch (few labels among many examples) sets
-    ``labelled_per_batch``.
+    ``labelled_per_batch`` (a count, or below 1 a share of the batch size). The trainer keeps
+    the weights with the best validation ELBO, or with the best value of the validation key a
+    model names in ``selection_metric`` (higher is better, e.g. "val_accuracy").
     """
 
     batch_fields: tuple[str, ...] = ()
-    labelled_per_batch: int = 0
+    labelled_per_batch: float = 0
+    selection_metric: str | None = None
 
     def __init__(self, config: ModelConfig, spec: DataSpec) -> None:
         super().__init__()
@@ -167,4 +173,8 @@ def build_model(config: ModelConfig, spec: DataSpec) -> BaseModel:
         if cfg.model not in TWO_LAYER:
             raise UsageError(f"--latent-dim2 is offered by models {', '.join(sorted(TWO_LAYER))}, not {cfg.model!r}")
         cls = TWO_LAYER[cfg.model]
+    if cfg.extra.get("features"):
+        if cfg.model not in ON_FEATURES:
+            raise UsageError(f"--features is offered by models {', '.join(sorted(ON_FEATURES))}, not {cfg.model!r}")
+        cls = ON_FEATURES[cfg.model]
     return cls(cfg, spec)

@@ -192,8 +192,10 @@ class Trainer:
     def _epoch_order(self) -> torch.Tensor:
         """This epoch's order of the training examples. A model that asks for labelled examples in
         every batch (``labelled_per_batch``, e.g. M2 with 100 labels among 50,000) gets them
-        cycled through the epoch; otherwise one random permutation."""
-        per = int(getattr(self.model, "labelled_per_batch", 0))
+        cycled through the epoch (a value below 1 is a share of the batch size); otherwise one
+        random permutation."""
+        per = getattr(self.model, "labelled_per_batch", 0)
+        per = max(1, round(per * self.cfg.batch_size)) if 0 < per < 1 else int(per)
         mask = self.train.labelled
         if per and mask is not None and 0 < int(mask.sum()) < len(mask):
             return labelled_first_order(mask.cpu(), self.cfg.batch_size, per, self.gen)
@@ -375,8 +377,11 @@ class Trainer:
     def _end_epoch(self, epoch: int, rec: dict[str, Any]) -> None:
         st = self.state
         # An IWAE is selected by the bound it trains on (its one-sample ELBO can fall while the
-        # k-sample bound, and the likelihood, still rise); other models by the ELBO.
-        metric = "val_iwae" if "val_iwae" in rec else "val_elbo"
+        # k-sample bound, and the likelihood, still rise); other models by the ELBO, unless the
+        # model names another validation key (higher is better), e.g. M2's "val_accuracy".
+        metric = getattr(self.model, "selection_metric", None)
+        if metric not in rec:
+            metric = "val_iwae" if "val_iwae" in rec else "val_elbo"
         if st.get("best_metric") != metric:  # a new run, or one saved under the other criterion
             st.update(best_val=-math.inf, best_metric=metric)
         val = rec.get(metric, rec["train_elbo"] if not len(self.data.val) else math.nan)
