@@ -1,0 +1,117 @@
+"""M2 and M1+M2 from the command line: train, classify (JSON, CSV, --input), sample --label,
+evaluate, and the bad inputs of the semi-supervised verbs (one line, exit 2, nothing written)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from cli_helpers import cli
+
+M2_ARGS = ["--model", "m2", "--labels-per-class", "10", "--hidden", "64", "--latent-dim", "4", "--alpha", "1",
+           "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("m2cli")
+    m2, m1, m12 = root / "m2", root / "m1", root / "m12"
+    from vaekit.cli import main
+
+    assert main(["train", "--data", "digits", "--epochs", "30", "--out", str(m2), *M2_ARGS]) == 0
+    assert main(["train", "--data", "digits", "--epochs", "15", "--hidden", "64", "--latent-dim", "8",
+                 "--out", str(m1), "--quiet"]) == 0
+    assert main(["train", "--data", "digits", "--epochs", "8", "--features", str(m1), "--out", str(m12),
+                 *M2_ARGS]) == 0
+    return {"m2": m2, "m1": m1, "m12": m12, "root": root}
+
+
+def test_validation_accuracy_is_logged_and_picks_the_best_epoch(runs):
+    rows = [json.loads(line) for line in (runs["m2"] / "metrics.jsonl").read_text().splitlines()]
+    accs = [r["val_accuracy"] for r in rows]
+    assert rows[-1]["best_epoch"] == int(np.argmax(accs)) and max(accs) > 0.5
+    cfg = json.loads((runs["m2"] / "config.json").read_text())
+    assert cfg["model"]["model"] == "m2" and cfg["data"]["labels_per_class"] == 10
+
+
+def test_classify_json_and_csv(runs, capsys, tmp_path):
+    out = tmp_path / "preds.csv"
+    code, stdout, _ = cli(capsys, "classify", runs["m2"], "--out", out, "--json")
+    assert code == 0
+    res = json.loads(stdout)
+    assert res["n"] == res["n_labelled"] == 180 and res["accuracy"] > 0.5
+    conf = np.array(res["confusion"])
+    assert conf.shape == (10, 10) and conf.sum() == 180 and np.trace(conf) / 180 == pytest.approx(res["accuracy"])
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["index", "predicted", *[f"p_{k}" for k in range(10)], "label"]
+    probs = np.array([[float(r[f"p_{k}"]) for k in range(10)] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-4)
+    pred = [r["predicted"] for r in rows]
+    assert pred == [str(int(np.argmax(p))) for p in probs]
+    assert np.mean([r["predicted"] == r["label"] for r in rows]) == pytest.approx(res["accuracy"])
+    code, stdout, _ = cli(capsys, "classify", runs["m2"], "--split", "val", "--out", tmp_path / "v.csv")
+    assert code == 0 and "accuracy" in stdout and "confusion matrix" in stdout
+
+
+def test_sample_label_is_conditional(runs, capsys, tmp_path):
+    """The run's own classifier labels the samples drawn for class k as k far more often than chance."""
+    f = tmp_path / "synth.npz"
+    code, _, err = cli(capsys, "sample", runs["m2"], "--per-class", "30", "--out", f)
+    assert code == 0, err
+    d = np.load(f)
+    assert d["x"].shape == (300, 1, 8, 8) and (d["y"] == np.repeat(np.arange(10), 30)).all()
+    code, stdout, _ = cli(capsys, "classify", runs["m2"], "--input", f, "--out", tmp_path / "p.csv", "--json")
+    res = json.loads(stdout)  # the .npz carries y: accuracy = share labelled as the class asked for
+    assert code == 0 and res["n_labelled"] == 300 and res["accuracy"] > 0.3, res["accuracy"]  # chance: 0.1
+    code, _, err = cli(capsys, "sample", runs["m2"], "--label", "7", "--n", "5", "--out", tmp_path / "seven.png")
+    assert code == 0 and (tmp_path / "seven.png").exists(), err
+
+
+def test_m1_m2_maps_inputs_through_m1(runs, capsys, tmp_path):
+    from vaekit.data.datasets import load_data
+
+    cfg = json.loads((runs["m12"] / "config.json").read_text())
+    assert cfg["data"]["features"] == str(runs["m1"]) and cfg["model"]["extra"]["features"]["model"]["model"] == "vae"
+    assert cfg["spec"]["shape"] == [1, 8, 8]  # the run models images; M1's codes are inside the model
+    test = load_data("digits").test
+    npz = tmp_path / "inputs.npz"
+    np.savez(npz, x=test.x[:60].numpy(), y=test.y[:60].numpy())
+    code, stdout, _ = cli(capsys, "classify", runs["m12"], "--input", npz, "--out", tmp_path / "p.csv", "--json")
+    res = json.loads(stdout)
+    assert code == 0 and res["n_labelled"] == 60 and res["accuracy"] > 0.3
+    code, _, _ = cli(capsys, "sample", runs["m12"], "--label", "3", "--n", "8", "--out", tmp_path / "s.npy")
+    assert code == 0 and np.load(tmp_path / "s.npy").shape == (8, 1, 8, 8)  # images, through M1's decoder
+    code, stdout, _ = cli(capsys, "evaluate", runs["m12"], "--iw-samples", "20", "--json")
+    ev = json.loads(stdout)
+    assert code == 0 and ev["nll"] <= -ev["elbo"] + 0.5 and np.isfinite(ev["nll"])
+    import vaekit
+
+    stacked = vaekit.load(runs["m12"])  # self-contained: M1's weights are in the run
+    m1 = vaekit.load(runs["m1"])
+    for a, b in zip(stacked.m1.state_dict().values(), m1.state_dict().values()):
+        assert (a == b).all()
+
+
+def test_bad_inputs(runs, capsys, tmp_path):
+    code, _, err = cli(capsys, "classify", runs["m1"])
+    assert code == 2 and "only m2" in err and len(err.strip().splitlines()) == 1
+    assert not list(runs["m1"].glob("predictions*"))
+    other = tmp_path / "other.npz"  # a different dataset (another source, another shape)
+    rng = np.random.default_rng(0)
+    np.savez(other, x=rng.random((200, 20)), y=rng.integers(0, 3, 200))
+    out = tmp_path / "never"
+    code, _, err = cli(capsys, "train", "--data", other, "--features", runs["m1"], "--out", out, *M2_ARGS[:2],
+                       "--epochs", "1", "--quiet")
+    assert code == 2 and "was trained on digits" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    code, _, err = cli(capsys, "train", "--data", "digits", "--features", runs["m1"], "--model", "vae",
+                       "--out", out, "--quiet")
+    assert code == 2 and "--model m2" in err and not out.exists()
+    code, _, err = cli(capsys, "train", "--data", "digits", "--model", "m2", "--labels-per-class", "1000",
+                       "--out", out, "--quiet")
+    assert code == 2 and "labels-per-class 1000" in err and not out.exists()
+    code, _, err = cli(capsys, "train", "--data", "digits", "--model", "m2", "--features", runs["m12"],
+                       "--out", out, "--quiet")
+    assert code == 2 and "M1 must be" in err and not out.exists()
