@@ -1,6 +1,7 @@
-"""scikit-learn estimators on vaekit's VAE: ``VAEAnomalyDetector`` and ``VAETransformer``.
+"""scikit-learn estimators on vaekit's VAEs: ``VAEAnomalyDetector``, ``VAETransformer`` and the
+semi-supervised ``VAEClassifier`` (M2).
 
-Both take any numeric 2-D array X (n_samples, n_features): flattened images or a table. They are
+All take any numeric 2-D array X (n_samples, n_features): flattened images or a table. They are
 built from vaekit's own pieces (``build_model``, ``DataSpec``, ``Trainer``), so training is the
 same loop as ``vaekit train``. Defaults need no tuning:
 
@@ -25,9 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, OutlierMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, ClassNamePrefixFeaturesOutMixin, OutlierMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils import check_array
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
 from .apps.anomaly import SCORES, Correction, crn_terms, excess_score, fit_correction
@@ -38,7 +40,7 @@ from .models import ModelConfig, build_model
 from .numerics import fork_rng
 from .training.trainer import Trainer, resolve_device
 
-__all__ = ["VAEAnomalyDetector", "VAETransformer", "default_sizes"]
+__all__ = ["VAEAnomalyDetector", "VAEClassifier", "VAETransformer", "default_sizes"]
 
 LIKELIHOOD_CHOICES = ("auto", "bernoulli", "gaussian", "gaussian-fixed")
 # Floor of the learned Gaussian standard deviation, in standardised units (a tenth of a column's
@@ -80,9 +82,12 @@ class _VAEBase(BaseEstimator):
         "verbose": ["boolean"],
     }
 
-    def _fit_vae(self, X: Any, latent_dim: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _fit_vae(self, X: Any, latent_dim: int | None, labels: np.ndarray | None = None,
+                 model_options: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Validate X, pick likelihood and sizes, train; returns X (n, p) as float64 model units and
-        the indices of the validation rows (held out from training; empty without a split)."""
+        the indices of the validation rows (held out from training; empty without a split).
+        labels: int64 (n,) class indices, -1 where unknown (for a model that reads labels), or None;
+        model_options: further ``ModelConfig`` fields (e.g. the model's name)."""
         self._validate_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         Xf = np.asarray(X, dtype=np.float64)
@@ -114,9 +119,14 @@ class _VAEBase(BaseEstimator):
         hidden = [int(h) for h in self.hidden] if self.hidden is not None else sizes["hidden"]
         self.sizes_ = {**sizes, "hidden": hidden, "epochs": self.epochs or sizes["epochs"],
                        "batch_size": self.batch_size or sizes["batch_size"]}
-        spec = DataSpec((Z.shape[1],), kind)
+        k = None if labels is None else int(labels.max()) + 1
+        spec = DataSpec((Z.shape[1],), kind, k)
         t = torch.from_numpy(Z.astype(np.float32))
-        tr, va = t[perm[n_val:]], t[perm[:n_val]]
+        lab = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+        def part(rows: np.ndarray) -> Split:
+            index = torch.from_numpy(rows)
+            return Split(t[index], None if lab is None else lab[index])
         cfg = TrainConfig(epochs=self.sizes_["epochs"], batch_size=self.sizes_["batch_size"], lr=float(self.learning_rate),
                           patience=sizes["patience"] if n_val else 0, seed=seed, device=self.device,
                           # raw weights: averaging them gave no gain on the ODDS tables (0.8056 vs 0.8074
@@ -132,9 +142,9 @@ class _VAEBase(BaseEstimator):
             torch.manual_seed(seed)
             extra = {"likelihood_args": {"min_std": GAUSSIAN_MIN_STD}} if lik == "gaussian" else {}
             model = build_model(ModelConfig(hidden=hidden, latent_dim=self.sizes_["latent_dim"], likelihood=lik,
-                                            extra=extra), spec)
-            trainer = Trainer(model, Data(spec, Split(tr), Split(va), Split(t[:0])), cfg, progress=bool(self.verbose),
-                              callbacks=[keep_best])
+                                            extra=extra, **(model_options or {})), spec)
+            data = Data(spec, part(perm[n_val:]), part(perm[:n_val]), Split(t[:0]))
+            trainer = Trainer(model, data, cfg, progress=bool(self.verbose), callbacks=[keep_best])
             self.history_ = trainer.fit()
         if "state" in best:
             model.load_state_dict(best["state"])
@@ -303,3 +313,76 @@ class VAETransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, _VAEBase
             raise ValueError(f"expected latents of shape (n, {self.n_components_}), got {Zl.shape}")
         mean = self.model_.decode_mean(torch.from_numpy(Zl).to(self.model_.device)).cpu().numpy()
         return mean * self.scale_ + self.mean_
+
+
+def unlabelled_mask(y: np.ndarray) -> np.ndarray:
+    """Boolean (n,): where ``y`` marks an unlabelled example. scikit-learn's semi-supervised
+    convention (``LabelSpreading``, ``SelfTrainingClassifier``): the number -1, in a numeric or an
+    object array; string arrays (dtype U/S) have no unlabelled entries."""
+    if y.dtype.kind in "US":
+        return np.zeros(len(y), dtype=bool)
+    if y.dtype.kind == "O":
+        return np.array([isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and v == -1 for v in y],
+                        dtype=bool)
+    return y == -1
+
+
+class VAEClassifier(ClassifierMixin, _VAEBase):
+    """The semi-supervised VAE M2 (Kingma et al. 2014) as a scikit-learn classifier.
+
+    ``fit(X, y)`` learns from every row of X (n_samples, n_features); y holds class labels, -1
+    where the label is unknown (scikit-learn's semi-supervised convention, as in
+    ``LabelSpreading``: a number -1 in a numeric or object array). Labels may be any values
+    (numbers, strings); ``classes_`` holds them sorted. ``predict_proba`` is q(y|x) (n_samples,
+    n_classes), ``predict`` its most likely class, ``score`` the accuracy. ``alpha``: weight of
+    the classification term (see :mod:`vaekit.models.m2`); the validation rows (drawn from all rows,
+    labelled or not) pick the epoch with the best accuracy on their labelled part. Other
+    parameters: see :class:`VAEAnomalyDetector` / :func:`default_sizes` (None = chosen from the data).
+    """
+
+    _parameter_constraints: dict = {
+        **_VAEBase._parameter_constraints,
+        "alpha": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(self, *, alpha: float = 1.0, likelihood: str = "auto", latent_dim: int | None = None,
+                 hidden: list[int] | None = None, epochs: int | None = None, batch_size: int | None = None,
+                 learning_rate: float = 1e-3, validation_fraction: float = 0.1, device: str = "auto",
+                 random_state: Any = None, verbose: bool = False) -> None:
+        self.alpha = alpha
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X: Any, y: Any) -> "VAEClassifier":
+        """Train on X (n_samples, n_features) with labels y (n_samples,), -1 = unlabelled."""
+        self._validate_params()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        unl = unlabelled_mask(y)
+        check_classification_targets(y[~unl] if (~unl).any() else y)
+        self.classes_ = np.unique(y[~unl])
+        if len(self.classes_) < 2:
+            raise ValueError(f"VAEClassifier needs labelled examples of at least 2 classes, got "
+                             f"{len(self.classes_)} class(es) among {int((~unl).sum())} labelled rows")
+        index = np.full(len(y), -1, dtype=np.int64)
+        index[~unl] = np.searchsorted(self.classes_, y[~unl])
+        self._fit_vae(X, self.latent_dim, labels=index, model_options={"model": "m2", "alpha": float(self.alpha)})
+        return self
+
+    @torch.no_grad()
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """q(y|x): (n_samples, n_classes) float64, rows sum to 1, columns in ``classes_`` order."""
+        Z = self._model_units(X)  # checks that the estimator is fitted first
+        return self.model_.classify(Z).cpu().numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most likely class of each row (n_samples,), values from ``classes_``."""
+        proba = self.predict_proba(X)  # checks that the estimator is fitted first
+        return self.classes_[np.argmax(proba, axis=1)]

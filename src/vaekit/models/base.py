@@ -47,8 +47,9 @@ class ModelConfig:
     hidden2: widths of the MLPs between z1 and z2 (q(z2|z1) in this order, p(z1|z2) mirrored);
         None picks half of each ``hidden`` width (200,200 -> 100,100, the paper's sizes).
     conditional_prior: conditional models: a learned prior p(z|c) instead of N(0, I).
-    alpha: semi-supervised models (M2): weight of the classification term on labelled examples
-        (Kingma et al. 2014's alpha, see ``models.m2``).
+    alpha: semi-supervised models (M2): weight of the mean cross-entropy of each batch's labelled
+        examples against the per-example bound (``models.m2``); Kingma et al. 2014's alpha =
+        0.1 * N is 0.1 here, which learns slowly in short runs, hence the default 1.
     given: completion models (``models.completion``): which part of each training example is
         given, the rest to complete (``functional.masks.GIVEN_MODES``: "1", "2", "3" quadrants
         as in Sohn et al. 2015, "random" quadrants, "rect", "pixels"); None: "random" for
@@ -69,7 +70,7 @@ class ModelConfig:
     latent_dim2: int = 0
     hidden2: list[int] | None = None
     conditional_prior: bool = False
-    alpha: float = 0.1
+    alpha: float = 1.0
     given: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
