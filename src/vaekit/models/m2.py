@@ -23,10 +23,12 @@ accuracy after 3 epochs 68.4% / 75.6% / 78.6% / 77.9% for alpha 0.1 / 1 / 10 / 5
 every batch (``labelled_per_batch``: a share of the batch, default ``LABELLED_SHARE``, or
 ``config.extra["labelled_per_batch"]``), cycling the few labels through each epoch.
 
-The reported "elbo" is the marginal bound U(x) for every example, labelled or not (a bound on
-log p(x), the same number ``metrics.evaluate`` reports), with "recon" = sum_y q(y|x) recon_y and
-"kl" = sum_y q(y|x) KL_z,y + KL(q(y|x) || p(y)); validation also logs "accuracy" (of q(y|x) on
-the labelled examples) and "ce" (their mean -log q(y|x)). ``selection_metric`` makes the trainer
+The loss reports "elbo", a bound on log p(x) per example: U(x) for unlabelled examples and
+L(x,y) <= log p(x,y) <= log p(x) for labelled ones (each decoded at its own class only, K times
+cheaper than enumerating), with "recon" and "kl" its two parts (y's KL, or -log p(y), in "kl");
+``elbo_terms`` (what ``metrics.evaluate`` reports) gives U(x) for every example, labels ignored.
+Validation also logs "accuracy" (of q(y|x) on the labelled examples) and "ce" (their mean
+-log q(y|x)). ``selection_metric`` makes the trainer
 keep the weights with the best validation accuracy. ``log_weights`` sums y out exactly.
 
 The first layers that see y are split into an x part, computed once per example, and a per-class
@@ -240,16 +242,24 @@ class M2(BaseModel):
         self.decoder.set_output_bias(self.likelihood.init_params(x))
 
     # -- the bound ------------------------------------------------------------------------------
-    def _class_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _class_terms(self, x: torch.Tensor, logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One z ~ q(z|x,y) per class and example: "recon" -log p(x|y,z) (K, B), "kl_dims"
-        KL(q(z|x,y) || p(z)) per dim (K, B, D), "mu" (K, B, D), and "logq" log q(y|x) (B, K)."""
-        logq = torch.log_softmax(self.classifier(x), dim=-1)
+        KL(q(z|x,y) || p(z)) per dim (K, B, D), "mu" (K, B, D), and "logq" log q(y|x) (B, K)
+        (from the classifier's ``logits`` when given)."""
+        logq = torch.log_softmax(self.classifier(x) if logits is None else logits, dim=-1)
         mu, logvar = self._encode_all(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         params = self._decode_params(z, None)  # (K * B, P, *shape)
         # classes as samples: x broadcast against the K decodings, not copied
         recon = -self.likelihood.log_prob_k(params, x)
         return {"recon": recon, "kl_dims": self.prior.kl(mu, logvar, z), "mu": mu, "logq": logq}
+
+    def _labelled_terms(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One z ~ q(z|x,y) at the known class: (-log p(x|y,z), KL(q(z|x,y) || p(z))), each (B,)."""
+        mu, logvar = self.enc_rest(self.enc_x(x) + self.enc_y(y)).chunk(2, dim=-1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        recon = -self.likelihood.log_prob(self._decode_params(z, y), x)
+        return recon, self.prior.kl(mu, logvar, z).sum(-1)
 
     def _marginal(self, t: dict[str, torch.Tensor], kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """Per example, y summed out with q(y|x): "recon", "kl_z", "kl_y" = KL(q(y|x) || p(y)),
@@ -264,28 +274,33 @@ class M2(BaseModel):
              ) -> dict[str, torch.Tensor]:
         """The semi-supervised objective (see the module docstring), nats per example.
 
-        Keys: "loss"; "elbo", "recon", "kl" (the marginal bound U(x) of every example, detached);
-        with labelled examples also "accuracy" and "ce" of q(y|x) on them.
+        Keys: "loss"; "elbo", "recon", "kl" (detached batch means of the bound on log p(x): the
+        marginal U(x) for unlabelled examples, L(x,y) <= log p(x,y) <= log p(x) for labelled ones,
+        which are decoded at their own class only); with labelled examples also "accuracy" and
+        "ce" of q(y|x) on them.
         """
-        t = self._class_terms(x)
         w = self.config.beta * kl_weight
-        m = self._marginal(t, w)
-        objective = m["objective"]
-        out: dict[str, torch.Tensor] = {}
-        lab = None if y is None else y >= 0
-        if lab is not None and bool(lab.any()):
-            idx = y.clamp_min(0).unsqueeze(0)  # (1, B): each example's own class
-            kl_l = t["kl_dims"].sum(-1).gather(0, idx)[0]
-            obj_l = t["recon"].gather(0, idx)[0] + w * kl_l + math.log(self.num_classes)
-            objective = torch.where(lab, obj_l, objective)
-            logq_l, y_l = t["logq"][lab], y[lab]
-            ce = F.nll_loss(logq_l, y_l)
-            loss = objective.mean() + self.config.alpha * ce
-            out.update(accuracy=(logq_l.argmax(-1) == y_l).to(x.dtype).mean().detach(), ce=ce.detach())
-        else:
-            loss = objective.mean()
-        recon, kl = m["recon"].mean(), (m["kl_z"] + m["kl_y"]).mean()
-        return {"loss": loss, "elbo": -(recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach(), **out}
+        lab = None if y is None else y != UNLABELLED
+        if lab is None or not bool(lab.any()):
+            m = self._marginal(self._class_terms(x), w)
+            recon, kl = m["recon"].mean(), (m["kl_z"] + m["kl_y"]).mean()
+            return {"loss": m["objective"].mean(), "elbo": -(recon + kl).detach(), "recon": recon.detach(),
+                    "kl": kl.detach()}
+        logits = self.classifier(x)
+        log_k, n = math.log(self.num_classes), len(x)
+        recon_l, kl_l = self._labelled_terms(x[lab], y[lab])
+        objective, recon, kl = (recon_l + w * kl_l + log_k).sum(), recon_l.sum(), (kl_l + log_k).sum()
+        unl = ~lab
+        if bool(unl.any()):
+            m = self._marginal(self._class_terms(x[unl], logits[unl]), w)
+            objective = objective + m["objective"].sum()
+            recon, kl = recon + m["recon"].sum(), kl + (m["kl_z"] + m["kl_y"]).sum()
+        logq_l, y_l = torch.log_softmax(logits[lab], dim=-1), y[lab]
+        ce = F.nll_loss(logq_l, y_l)
+        recon, kl = recon / n, kl / n
+        return {"loss": objective / n + self.config.alpha * ce, "elbo": -(recon + kl).detach(),
+                "recon": recon.detach(), "kl": kl.detach(),
+                "accuracy": (logq_l.argmax(-1) == y_l).to(x.dtype).mean().detach(), "ce": ce.detach()}
 
     # -- evaluation -----------------------------------------------------------------------------
     def elbo_terms(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
