@@ -115,3 +115,21 @@ def test_bad_inputs(runs, capsys, tmp_path):
     code, _, err = cli(capsys, "train", "--data", "digits", "--model", "m2", "--features", runs["m12"],
                        "--out", out, "--quiet")
     assert code == 2 and "M1 must be" in err and not out.exists()
+
+
+def test_m1_m2_resumes_without_reading_m1_again(runs, capsys, tmp_path):
+    """The M1+M2 run holds M1's weights: resuming works even after the M1 run is gone."""
+    m1_copy, m12 = tmp_path / "m1", tmp_path / "m12"
+    import shutil
+
+    shutil.copytree(runs["m1"], m1_copy)
+    code, _, err = cli(capsys, "train", "--data", "digits", "--epochs", "2", "--features", m1_copy, "--out", m12,
+                       *M2_ARGS)
+    assert code == 0, err
+    shutil.rmtree(m1_copy)
+    code, _, err = cli(capsys, "train", "--data", "digits", "--epochs", "4", "--features", m1_copy, "--out", m12,
+                       *M2_ARGS, "--resume")
+    assert code == 0, err
+    assert len((m12 / "metrics.jsonl").read_text().splitlines()) == 4
+    code, stdout, _ = cli(capsys, "classify", m12, "--json", "--out", tmp_path / "p.csv")
+    assert code == 0 and json.loads(stdout)["n_labelled"] == 180
