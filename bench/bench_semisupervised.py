@@ -179,16 +179,18 @@ def _mean_sd(v: list[float]) -> str:
 
 
 def table(log: dict, args: argparse.Namespace) -> str:
-    """The markdown report: machine, command, and one row per dataset and method."""
+    """The markdown report of every result in ``log``: machine, command, one row per dataset and method."""
     lines = [f"# Semi-supervised classification, 100 labels ({time.strftime('%Y-%m-%d')})", "",
              f"Command: `{' '.join(['.venv/bin/python', 'bench/bench_semisupervised.py', *sys.argv[1:]])}`  ",
              f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-             f"({torch.get_num_threads()} threads); budget {args.budget_min} min per configuration.", "",
+             f"({torch.get_num_threads()} threads); budget {args.budget_min} min per configuration (this "
+             "invocation; results of earlier ones are included).", "",
              "| data | method | test error % (mean +- sd) | draws | train min / draw | epochs / steps | published |",
              "|---|---|---|---|---|---|---|"]
-    for ds in args.datasets:
+    datasets = [d for d in ("mnist", "fashion-mnist") if any(r["dataset"] == d for r in log.values())]
+    for ds in datasets:  # every result so far, whichever datasets and methods this invocation ran
         m1 = log.get(f"{ds}/m1")
-        for method in args.methods:
+        for method in METHODS:
             rows = [r for r in log.values() if r["dataset"] == ds and r["method"] == method]
             if not rows:
                 continue
