@@ -197,7 +197,7 @@ class Trainer:
         per = getattr(self.model, "labelled_per_batch", 0)
         per = max(1, round(per * self.cfg.batch_size)) if 0 < per < 1 else int(per)
         mask = self.train.labelled
-        if per and mask is not None and 0 < int(mask.sum()) < len(mask):
+        if per and self.cfg.batch_size > 1 and mask is not None and 0 < int(mask.sum()) < len(mask):
             return labelled_first_order(mask.cpu(), self.cfg.batch_size, per, self.gen)
         return torch.randperm(len(self.train_x), generator=self.gen)
 
