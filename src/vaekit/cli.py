@@ -241,12 +241,24 @@ def _training_source(run_dir) -> str | None:
     return source if isinstance(source, str) and Path(source).is_file() else None
 
 
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the command's own parser, which knows its flags (see _Parser.error)
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM before the trainer installs its own handler (loading data, building the model) stops
+        # like Ctrl-C: one line and exit 130, not a bare kill; the trainer's handler saves first
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         _check_outputs_spare_inputs(args)
         return args.func(args)
@@ -258,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  else "files are written whole or not at all")
         print(f"vaekit: interrupted; {saved}", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:  # main() called from Python (tests, notebooks) leaves the process as it was
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
