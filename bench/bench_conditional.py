@@ -34,34 +34,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from vaekit.apps.generate import sample
+from vaekit.apps.sample_quality import frechet_distance
 from vaekit.config import TrainConfig
 from vaekit.data.datasets import Data, hide_labels, load_data
 from vaekit.models import ModelConfig, build_model
+from vaekit.modules.feature_nets import SmallCNN  # the reference classifier (one copy, in the package)
 from vaekit.training.trainer import Trainer
 
 SHARED = Path(os.environ.get("VAEKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 TARGETS = {"mnist": 0.98, "fashion-mnist": 0.90}
-
-
-class SmallCNN(nn.Module):
-    """conv(32)-pool-conv(64)-pool-fc(128)-dropout-fc(K): the reference classifier, and the
-    classifier of the augmentation experiment. ``features`` is the 128-d penultimate layer."""
-
-    def __init__(self, shape: tuple[int, ...], num_classes: int) -> None:
-        super().__init__()
-        c, h, w = shape
-        self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU())
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 def fit_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, steps: int, batch: int = 128,
@@ -98,13 +82,7 @@ def predict(net: SmallCNN, x: torch.Tensor, batch: int = 2000) -> tuple[torch.Te
 
 def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (N, F), (M, F)."""
-    from scipy import linalg
-
-    a, b = a.numpy(), b.numpy()
-    m1, m2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2.0 * np.real(root)))
+    return frechet_distance(a.numpy(), b.numpy())
 
 
 class _Budget(Exception):

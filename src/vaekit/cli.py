@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--sample-quality", action="store_true",
+                   help="also a classifier Frechet distance and precision/recall of samples against the split "
+                        "(features of a reference classifier of the dataset; not Inception FID)")
+    e.add_argument("--feature-net", default=None,
+                   help="--sample-quality: the feature net (vaekit features); default: the dataset's cached reference")
+    e.add_argument("--n-samples", type=int, default=None, help="--sample-quality: samples and examples (default min(N, 10000))")
+    e.add_argument("--pr-k", type=int, default=3, help="--sample-quality: k of the k-NN manifolds of precision/recall")
     e.set_defaults(func=cmd_evaluate)
     t.set_defaults(func=cmd_train)
 
@@ -196,6 +203,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise VaekitError(f"--iw-samples must be >= 0 (0: the ELBO only), got {args.iw_samples}")
     res = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, iw_samples=args.iw_samples or None,
                        limit=args.limit, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    if args.sample_quality:
+        from .apps.sample_quality import evaluate_sample_quality
+
+        res.update(evaluate_sample_quality(args.run_dir, feature_net=args.feature_net, n_samples=args.n_samples,
+                                           k=args.pr_k, split=args.split, data_dir=args.data_dir, seed=args.seed,
+                                           device=args.device, log=lambda line: print(line, file=sys.stderr)))
+    elif args.feature_net is not None or args.n_samples is not None:
+        raise VaekitError("--feature-net and --n-samples are options of --sample-quality; add --sample-quality")
     if args.json:
         print(json.dumps(res))
     else:
