@@ -110,6 +110,9 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--cuda-graphs", "cuda_graphs", _on_off, "on | off: on a GPU, replay each training step as one CUDA graph (default on)"),
     ("--iw-samples", "iw_samples", int, "importance samples for the final test NLL (0: skip)"),
     ("--checkpoint-every", "checkpoint_every", _finite, "seconds between checkpoints inside an epoch (0: at epoch ends only)"),
+    ("--recon-loss", "recon_loss", str, "likelihood | perceptual (adds a frozen feature net's feature distance, DFC-VAE)"),
+    ("--feature-net", "feature_net", str, "--recon-loss perceptual: a directory written by vaekit features (safetensors + architecture name)"),
+    ("--perceptual-weight", "perceptual_weight", _finite, "weight of the perceptual term against the pixel log-likelihood"),
 ]
 
 

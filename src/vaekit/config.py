@@ -59,6 +59,11 @@ class TrainConfig:
     (``training/graphed.py``); False launches every operator from Python.
     checkpoint_every: seconds between checkpoints inside an epoch (besides the one at each epoch's
     end), so that a killed run loses at most that much work; 0 checkpoints at epoch ends only.
+    recon_loss: the reconstruction term trained on: "likelihood" (the pixel log-likelihood) or
+    "perceptual" (plus ``perceptual_weight`` times the squared distance between the hidden
+    activations of x and of the decoder's mean in the frozen ``feature_net``, DFC-VAE; see
+    ``vaekit.perceptual``). A training objective, not a model: the ELBO reported stays the true one.
+    feature_net: a directory written by ``vaekit features`` (its weights are copied into the run).
     """
 
     epochs: int = 10
@@ -83,6 +88,9 @@ class TrainConfig:
     weight_average: float = 0.995
     cuda_graphs: bool = True
     checkpoint_every: float = 60.0
+    recon_loss: str = "likelihood"
+    feature_net: str | None = None
+    perceptual_weight: float = 1.0
 
 
 @dataclass

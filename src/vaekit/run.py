@@ -122,12 +122,17 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
         if run_dir is not None and (run_dir / "config.json").exists():
             raise UsageError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     check_config(cfg.train)
+    from .perceptual import build_perceptual, check_recon_loss
+
+    perceptual = check_recon_loss(cfg)
     torch.manual_seed(cfg.train.seed)
     d = load_run_data(cfg)
     if not resume and (cfg.data.features is not None or cfg.model.extra.get("features")):  # M1+M2
         from .features import build_on_features
 
         model = build_on_features(cfg, d)
+    elif not resume and perceptual:  # the feature net's weights are copied into the model
+        model = build_perceptual(cfg, d)
     else:
         model = build_model(cfg.model, d.spec)
     model.check_data(d.train)

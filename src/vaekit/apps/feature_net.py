@@ -4,8 +4,9 @@ dataset in a cache (``vaekit features``, ``evaluate --sample-quality``, ``--reco
 A feature net is a directory holding ``weights.safetensors`` and ``feature_net.json`` (architecture
 name and arguments, input shape, classes, dataset and its fingerprint, test accuracy, vaekit
 version). The directory appears whole or not at all: it is written under a temporary name beside
-the target and renamed. Nothing is pickled. ``load_feature_net`` also reads ONNX files
-(``modules.onnx_import``) when the optional ``onnx`` package is installed.
+the target and renamed. Nothing is pickled. ONNX files are refused with one line: onnx2torch needs
+torchvision, whose PyPI wheels are built for CUDA builds of torch and do not load with the CPU-only
+torch vaekit pins (and installing it unpinned replaces torch by a CUDA build of several GB).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..modules.feature_nets import build_feature_net, default_architecture
 META_FILE, WEIGHTS_FILE = "feature_net.json", "weights.safetensors"
 FORMAT = "vaekit-feature-net"
 #: epochs of the reference classifier vaekit trains and caches by itself
-REFERENCE_EPOCHS = 5
+REFERENCE_EPOCHS = 3
 
 
 def require_labels(data: Data, what: str = "vaekit features") -> None:
@@ -146,13 +147,13 @@ def _umask() -> int:
 
 def load_feature_net(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(net in eval mode, metadata) from a directory written by ``save_feature_net`` (or its JSON or
-    weights file) or from an ``.onnx`` file. CheckpointError for a missing or corrupt file, UsageError
+    weights file). CheckpointError for a missing or corrupt file, UsageError
     for an unknown architecture name; each one line naming the file."""
     p = Path(path)
     if p.suffix.lower() == ".onnx":
-        from ..modules.onnx_import import load_onnx
-
-        return load_onnx(p)
+        raise UsageError(f"feature net {p}: ONNX files are not read (their converter, onnx2torch, needs torchvision, "
+                         "which has no CPU-only build on PyPI); give a directory written by vaekit features, or "
+                         "save the network's weights as safetensors with a registered architecture name")
     if p.is_file() and p.name in (META_FILE, WEIGHTS_FILE):
         p = p.parent
     if not p.exists():

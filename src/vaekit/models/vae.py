@@ -10,6 +10,7 @@ from ..data.spec import DataSpec
 from ..functional.kl import gaussian_log_prob, gaussian_log_prob_at_eps
 from ..modules.blocks import DECODERS, ENCODERS
 from ..modules.likelihoods import LIKELIHOODS
+from ..modules.perceptual import PerceptualLoss
 from ..modules.priors import PRIORS
 from .base import MODELS, BaseModel, ModelConfig
 
@@ -31,6 +32,11 @@ class VAE(BaseModel):
         )
         self.prior = PRIORS.get(config.prior)(config.latent_dim)
         self.latent_dim = config.latent_dim
+        # --recon-loss perceptual (``vaekit.perceptual``): a frozen feature net's term joins the loss
+        perceptual = config.extra.get("perceptual")
+        self.perceptual = PerceptualLoss(perceptual) if perceptual else None
+        if perceptual:
+            self.extra_terms = ("perceptual",)  # logged by the trainer beside loss, elbo, recon, kl
 
     # -- the pieces -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,19 +66,26 @@ class VAE(BaseModel):
     def loss(self, x: torch.Tensor, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """Negative ELBO with beta and free bits, averaged over the batch (nats per example).
 
-        loss = recon + beta * kl_weight * sum_d max(free_bits, mean_batch KL_d);
-        the reported "elbo" is always the true ELBO = -(recon + KL), whatever beta is.
+        loss = recon + beta * kl_weight * sum_d max(free_bits, mean_batch KL_d) [+ perceptual];
+        the reported "elbo" is always the true ELBO = -(recon + KL), whatever beta is; with a
+        perceptual term (``modules.perceptual``) the loss adds it and reports it as "perceptual".
         """
         mu, logvar = self.encoder(x)
         z = self.reparameterize(mu, logvar)
-        log_px = self.likelihood.log_prob(self.decoder(z), x)  # (B,)
+        params = self.decoder(z)
+        log_px = self.likelihood.log_prob(params, x)  # (B,)
         kl_d = self.prior.kl(mu, logvar, z)  # (B, D)
         recon = -log_px.mean()
         kl_dims = kl_d.mean(0)  # (D,)
         kl = kl_dims.sum()
         kl_term = kl_dims.clamp(min=self.config.free_bits).sum() if self.config.free_bits > 0 else kl
         loss = recon + (self.config.beta * kl_weight) * kl_term
-        return {"loss": loss, "elbo": -(recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
+        out = {"elbo": -(recon + kl).detach(), "recon": recon.detach(), "kl": kl.detach()}
+        if self.perceptual is not None:  # DFC-VAE: feature distance to the decoder's mean, outside the ELBO
+            feat = self.perceptual(x, self.likelihood.mean(params)).mean()
+            loss = loss + feat
+            out["perceptual"] = feat.detach()
+        return {"loss": loss, **out}
 
     # -- evaluation -----------------------------------------------------------------------------
     def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

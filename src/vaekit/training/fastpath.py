@@ -50,6 +50,8 @@ def supports(model: nn.Module) -> bool:
             return False
     elif loss is not VAE.loss:
         return False
+    if getattr(model, "perceptual", None) is not None:  # a feature-space term (--recon-loss perceptual): autograd
+        return False
     enc, dec = getattr(model, "encoder", None), getattr(model, "decoder", None)
     if type(enc) is not MLPEncoder or type(dec) is not MLPDecoder:
         return False
