@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError, UsageError
+from ..functional.hmc import adapt_step_size, hmc_step, log_prob_and_grad
 from ..functional.kl import gaussian_log_prob
 from .generate import seeded
 
@@ -253,26 +254,10 @@ def _hmc_start(model: Any, x: torch.Tensor) -> torch.Tensor:
 def _log_joint(model: Any, state: torch.Tensor, x: torch.Tensor, obs: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(z) + log p(x_obs | z) (B,) and the decoder's parameters; with two layers,
-    state = [z1, z2] and log p(z2) + log p(z1 | z2) + log p(x_obs | z1)."""
-    d1 = model.config.latent_dim
-    if getattr(model, "latent_dim2", 0):
-        z1, z2 = state[:, :d1], state[:, d1:]
-        pm1, plv1 = model.decoder2(z2)
-        log_prior = model.prior.log_prob(z2) + gaussian_log_prob(z1, pm1, plv1).sum(-1)
-    else:
-        z1, log_prior = state, model.prior.log_prob(state)
-    params = model.decoder(z1)
+    state = [z1, z2] and log p(z2) + log p(z1 | z2) + log p(x_obs | z1) (``model.log_prior``)."""
+    log_prior = model.log_prior(state)
+    params = model.decoder(state[:, :model.config.latent_dim])
     return log_prior + _log_px_obs(model, params, x, obs), params
-
-
-def _grad_log_joint(model: Any, state: torch.Tensor, x: torch.Tensor, obs: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log joint (B,), its gradient with respect to the state (B, D), decoder parameters), all detached."""
-    with torch.enable_grad():
-        s = state.detach().requires_grad_(True)
-        lp, params = _log_joint(model, s, x, obs)
-        (g,) = torch.autograd.grad(lp.sum(), s)
-    return lp.detach(), torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0), params.detach()
 
 
 def _hmc(model: Any, x: torch.Tensor, miss: torch.Tensor, steps: int, burn: int, leapfrog: int) -> torch.Tensor:
@@ -280,27 +265,18 @@ def _hmc(model: Any, x: torch.Tensor, miss: torch.Tensor, steps: int, burn: int,
     filled (the fill only seeds the first state, through the encoder); returns the mean of E[x|z_t]
     over the kept steps t >= burn, (B, *shape)."""
     obs = ~miss
+
+    def target(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return log_prob_and_grad(lambda v: _log_joint(model, v, x, obs), s)
+
     state = _hmc_start(model, x)
-    lp, g, params = _grad_log_joint(model, state, x, obs)
+    lp, g, params = target(state)
     eps = torch.full((state.shape[0], 1), HMC_INIT_STEP, device=x.device, dtype=state.dtype)
     total = torch.zeros_like(x)
-    view = (-1, *[1] * (params.dim() - 1))
     for t in range(steps):
-        p0 = torch.randn_like(state)
-        s, p = state, p0 + 0.5 * eps * g
-        for j in range(leapfrog):
-            s = s + eps * p
-            lp_new, g_new, params_new = _grad_log_joint(model, s, x, obs)
-            p = p + (eps if j < leapfrog - 1 else 0.5 * eps) * g_new
-        log_rho = (lp_new - 0.5 * (p ** 2).sum(-1)) - (lp - 0.5 * (p0 ** 2).sum(-1))
-        log_rho = torch.nan_to_num(log_rho, nan=-math.inf, posinf=-math.inf)  # a diverged trajectory is rejected
-        accept = torch.log(torch.rand_like(log_rho)) < log_rho
-        state = torch.where(accept[:, None], s, state)
-        lp, g = torch.where(accept, lp_new, lp), torch.where(accept[:, None], g_new, g)
-        params = torch.where(accept.view(view), params_new, params)
+        state, lp, g, params, rate = hmc_step(target, state, lp, g, params, eps, leapfrog)
         if t < burn:  # tune each chain's step size toward the target acceptance rate, then freeze it
-            rate = log_rho.clamp(max=0.0).exp()[:, None]
-            eps = eps * torch.exp(0.5 * (rate - HMC_TARGET_ACCEPT))
+            eps = adapt_step_size(eps, rate, HMC_TARGET_ACCEPT)
         else:
             total += model.likelihood.mean(params)
     return total / (steps - burn)
