@@ -165,6 +165,34 @@ class BaseModel(nn.Module):
         """Refuse training data this model cannot learn from (``train``: the training Split), with
         one line naming the fix; called before anything is written (a no-op unless a model defines it)."""
 
+    # -- the generative model alone (no encoder): for samplers such as AIS and HMC imputation ------
+    # A model with a decoder and a prior overrides prior_sample, log_prior and log_likelihood; the
+    # latent state z is whatever the decoder's side needs (two stochastic layers: [z1, z2]).
+    @property
+    def has_log_joint(self) -> bool:
+        """True when the model scores log p(z) and log p(x|z) (``log_joint``)."""
+        return type(self).log_likelihood is not BaseModel.log_likelihood
+
+    def _no_log_joint(self) -> UsageError:
+        return UsageError(f"model {self.config.model!r} does not score log p(z) and log p(x|z) (no decoder with a "
+                          "prior over its latents), which this needs; use a run of a model that does (vae, iwae, cvae)")
+
+    def prior_sample(self, n: int, **fields: Any) -> torch.Tensor:
+        """n latent states from the prior, (n, D); ``fields`` (y or c, n rows) for conditional priors."""
+        raise self._no_log_joint()
+
+    def log_prior(self, z: torch.Tensor, **fields: Any) -> torch.Tensor:
+        """log p(z) (log p(z|c) for conditional models) in nats: z (n, D) -> (n,)."""
+        raise self._no_log_joint()
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, **fields: Any) -> torch.Tensor:
+        """log p(x|z) (log p(x|z,c)) in nats, summed over the data dimensions: x (n, *shape), z (n, D) -> (n,)."""
+        raise self._no_log_joint()
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor, **fields: Any) -> torch.Tensor:
+        """log p(x, z) = ``log_prior`` + ``log_likelihood``, (n,) nats."""
+        return self.log_prior(z, **fields) + self.log_likelihood(x, z, **fields)
+
 
 def build_model(config: ModelConfig, spec: DataSpec) -> BaseModel:
     """Build the model named by ``config.model`` for data described by ``spec``."""

@@ -214,6 +214,25 @@ class CVAE(BaseModel):
         log_px = self.likelihood.log_prob_k(self._decoder_params(z, h), x)
         return log_px + log_p - log_q
 
+    # -- the generative model alone (see BaseModel.log_joint): given the condition y or c (n rows) -------
+    def prior_sample(self, n: int, *, y: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
+        """n draws z ~ p(z|c) (or N(0, I)), one per condition row: (n, D)."""
+        h = self.condition(y, c)
+        z = self.prior.sample(n, device=self.device, dtype=self.dtype)
+        p = self.prior_params(h)
+        return z if p is None else p[0] + torch.exp(0.5 * p[1]) * z
+
+    def log_prior(self, z: torch.Tensor, *, y: torch.Tensor | None = None, c: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """log p(z|c) (or log N(z; 0, I)): z (n, D) -> (n,) nats."""
+        p = self.prior_params(self.condition(y, c))
+        return self.prior.log_prob(z) if p is None else gaussian_log_prob(z, *p).sum(-1)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, *, y: torch.Tensor | None = None,
+                       c: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x|z,c): x (n, *shape), z (n, D) -> (n,) nats."""
+        return self.likelihood.log_prob(self._decoder_params(z, self.condition(y, c)), x)
+
     # -- applications ------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, *, y: torch.Tensor | None = None, c: torch.Tensor | None = None,

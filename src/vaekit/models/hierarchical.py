@@ -116,6 +116,24 @@ class TwoLayerVAE(VAE):
         t = self._pass(x, k, path)
         return t["log_px"], t["log_p"].sum(-1), t["log_q"].sum(-1)
 
+    # -- the generative model alone: the latent state is [z1, z2], (n, D1 + D2) ------------------------
+    def prior_sample(self, n: int) -> torch.Tensor:
+        """n draws [z1, z2] from p(z2) p(z1|z2), (n, D1 + D2)."""
+        z2 = self.prior.sample(n, device=self.device, dtype=self.dtype)
+        pm1, plv1 = self.decoder2(z2)
+        return torch.cat([pm1 + torch.exp(0.5 * plv1) * torch.randn_like(pm1), z2], -1)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z2) + log p(z1|z2) for z = [z1, z2] (n, D1 + D2) -> (n,) nats."""
+        d1 = self.config.latent_dim
+        z1, z2 = z[:, :d1], z[:, d1:]
+        pm1, plv1 = self.decoder2(z2)
+        return self.prior.log_prob(z2) + gaussian_log_prob(z1, pm1, plv1).sum(-1)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z1) for z = [z1, z2] (n, D1 + D2) -> (n,) nats."""
+        return self.likelihood.log_prob(self.decoder(z[:, :self.config.latent_dim]), x)
+
     # -- applications -----------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, *, temperature: float = 1.0, mean: bool = True) -> torch.Tensor:

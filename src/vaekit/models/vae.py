@@ -126,6 +126,19 @@ class VAE(BaseModel):
         log_px = self.likelihood.log_prob_k(self.decoder(z.reshape(-1, mu.shape[-1])), x)
         return log_px, log_p, log_q
 
+    # -- the generative model alone (see BaseModel.log_joint) ---------------------------------------
+    def prior_sample(self, n: int) -> torch.Tensor:
+        """n draws z ~ p(z), (n, D)."""
+        return self.prior.sample(n, device=self.device, dtype=self.dtype)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z): (n, D) -> (n,) nats."""
+        return self.prior.log_prob(z)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z): x (n, *shape), z (n, D) -> (n,) nats."""
+        return self.likelihood.log_prob(self.decoder(z), x)
+
     # -- applications -----------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, *, temperature: float = 1.0, mean: bool = True) -> torch.Tensor:
