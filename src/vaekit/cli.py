@@ -49,6 +49,16 @@ def _finite(text: str) -> float:
     return v
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number (e.g. 500), got {text!r}")
+    return v
+
+
 def _name_list(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
     if not names:
@@ -143,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--ais", action="store_true",
+                   help="also -log p(x) by annealed importance sampling on the decoder alone (any model with a "
+                        "decoder and a prior; slow, use --limit)")
+    e.add_argument("--ais-steps", type=_positive_int, default=None, help="--ais: temperatures from p(z) to p(z) p(x|z) (default 500)")
+    e.add_argument("--ais-chains", type=_positive_int, default=None, help="--ais: independent chains per example (default 16)")
     e.add_argument("--sample-quality", action="store_true",
                    help="also a classifier Frechet distance and precision/recall of samples against the split "
                         "(features of a reference classifier of the dataset; not Inception FID)")
@@ -204,8 +219,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.iw_samples < 0:
         raise VaekitError(f"--iw-samples must be >= 0 (0: the ELBO only), got {args.iw_samples}")
+    if not args.ais and (args.ais_steps is not None or args.ais_chains is not None):
+        raise VaekitError("--ais-steps and --ais-chains are options of --ais; add --ais")
+    ais_steps = None
+    if args.ais:
+        from .ais import DEFAULT_STEPS
+
+        ais_steps = args.ais_steps or DEFAULT_STEPS
     res = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, iw_samples=args.iw_samples or None,
-                       limit=args.limit, batch_size=args.batch_size, seed=args.seed, device=args.device)
+                       limit=args.limit, batch_size=args.batch_size, seed=args.seed, device=args.device,
+                       ais_steps=ais_steps, ais_chains=args.ais_chains)
     if args.sample_quality:
         from .apps.sample_quality import evaluate_sample_quality
 

@@ -17,16 +17,33 @@ if TYPE_CHECKING:
 
 
 def evaluate_run(run_dir: str | Path, *, split: str = "test", data_dir: str | None = None, iw_samples: int | None = None,
-                 limit: int | None = None, batch_size: int | None = None, seed: int = 0, device: str = "auto") -> dict[str, Any]:
-    """Load a run and its data, and evaluate the best model on ``split`` (see ``metrics.evaluate``)."""
+                 limit: int | None = None, batch_size: int | None = None, seed: int = 0, device: str = "auto",
+                 ais_steps: int | None = None, ais_chains: int | None = None) -> dict[str, Any]:
+    """Load a run and its data, and evaluate the best model on ``split`` (see ``metrics.evaluate``).
+
+    ``ais_steps``: also -log p(x) by annealed importance sampling with that many temperatures and
+    ``ais_chains`` chains per example (``ais.evaluate_ais``: "ais_nll" and its errors and settings,
+    plus "ais_limit"), for any model that scores log p(z) and log p(x|z).
+    """
     from .apps.common import open_run, run_inputs
     from .metrics import evaluate
 
     if batch_size is not None and batch_size < 1:  # checked here: 0 must not mean "the default"
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     run = open_run(run_dir, device=device)
+    if ais_steps is not None:
+        from .ais import DEFAULT_CHAINS, check_ais, evaluate_ais
+
+        ais_chains = DEFAULT_CHAINS if ais_chains is None else ais_chains
+        check_ais(run.model, ais_steps, ais_chains)  # before any data is read or work done
     x = run_inputs(run, split=split, data_dir=data_dir, limit=limit)  # with labels/conditions, for conditional models
-    res = evaluate(run.model, x, batch_size=batch_size or run.config.train.eval_batch_size, iw_samples=iw_samples, seed=seed)
+    batch_size = batch_size or run.config.train.eval_batch_size
+    res: dict[str, Any] = {}
+    if ais_steps is None or callable(getattr(run.model, "elbo_terms", None)):  # a model without an encoder: AIS only
+        res = evaluate(run.model, x, batch_size=batch_size, iw_samples=iw_samples, seed=seed)
+    if ais_steps is not None:
+        res.update(evaluate_ais(run.model, x, steps=ais_steps, chains=ais_chains, batch_size=batch_size, seed=seed))
+        res["ais_limit"] = limit
     return {"split": split, **res}
 
 
