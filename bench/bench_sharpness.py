@@ -1,0 +1,189 @@
+"""Sharper samples: the pixel-likelihood conv VAE against the perceptual-loss VAE (DFC-VAE, Hou et al.
+2017) and the VAE-GAN (Larsen et al. 2016, when ``--model vaegan`` is registered), on MNIST and
+Fashion-MNIST, each under the same wall-clock budget, with the same encoder and decoder.
+
+Every model trains epoch by epoch until the next epoch would pass ``--budget-min`` (the first epoch
+always runs). Samples (decoder means) are scored against the test split in the penultimate features
+of vaekit's reference classifier of the dataset (``evaluate --sample-quality``'s cached net): the
+classifier Frechet distance -- not Inception FID -- and precision/recall (Kynkaanniemi et al. 2019,
+k = 3). The perceptual loss uses another feature net (same architecture, seed 1, 2 epochs), so the
+model is not scored in the very features it was trained to match. The test -ELBO (pixel
+likelihood) is reported too: the perceptual term trades some of it for sharpness.
+
+Writes bench/results/sharpness-<dataset>-<model>.png (64 samples) and bench/results/sharpness.md;
+rows accumulate in bench/results/sharpness.json, so datasets or models can be run in separate
+sessions (``--datasets mnist --models perceptual``).
+
+    python bench/bench_sharpness.py --data-dir ../shared/data [--budget-min 30]
+    python bench/bench_sharpness.py --budget-min 0.5 --train-limit 3000 --n-samples 1000 \
+        --results bench/out/sharpness-smoke                                                  # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaekit.apps.feature_net import reference_feature_net, save_feature_net, train_feature_net
+from vaekit.apps.generate import sample
+from vaekit.apps.sample_quality import describe, embed_all, frechet_distance, precision_recall
+from vaekit.config import make_config
+from vaekit.data.datasets import Data, load_data
+from vaekit.figures import save_samples
+from vaekit.metrics import evaluate
+from vaekit.models import MODELS, build_model
+from vaekit.perceptual import build_perceptual
+from vaekit.training.trainer import Trainer
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("VAEKIT_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
+RESULTS = HERE / "results"
+MODEL_NAMES = ("pixel", "perceptual", "vaegan")
+
+
+class _Budget(Exception):
+    pass
+
+
+def load(name: str, args: argparse.Namespace) -> Data:
+    d = load_data(name, data_dir=str(args.data_dir / name), download=False)
+    if args.train_limit:
+        d = dataclasses.replace(d, train=d.train[:args.train_limit])
+    return d
+
+
+def perceptual_net(name: str, d: Data, args: argparse.Namespace) -> Path:
+    """The perceptual loss's feature net: the reference architecture, another seed (cached in bench/out)."""
+    where = HERE / "out" / f"sharpness-{name}-{args.train_limit or 'full'}-perceptual-net"
+    if not where.exists():
+        net, meta = train_feature_net(d, epochs=2, seed=1)
+        save_feature_net(where, net, meta)
+    return where
+
+
+def train_one(kind: str, name: str, d: Data, args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
+    """Train one model under the budget; returns (its evaluated weights, timing)."""
+    opts = dict(source=name, arch="conv", latent_dim=args.latent_dim, epochs=10_000, batch_size=args.batch_size,
+                seed=args.seed, device="cpu")
+    if args.hidden:
+        opts["hidden"] = args.hidden
+    if kind == "perceptual":
+        opts.update(recon_loss="perceptual", feature_net=str(perceptual_net(name, d, args)),
+                    perceptual_weight=args.perceptual_weight)
+    if kind == "vaegan":
+        opts["model"] = "vaegan"
+    cfg = make_config(None, **opts)
+    torch.manual_seed(args.seed)
+    model = build_perceptual(cfg, d) if kind == "perceptual" else build_model(cfg.model, d.spec)
+    budget_s, t0 = args.budget_min * 60.0, time.perf_counter()
+
+    def stop(trainer: Trainer, rec: dict) -> None:
+        elapsed = time.perf_counter() - t0
+        if elapsed + rec.get("epoch_time_s", 0.0) > budget_s:  # the next epoch would not fit
+            raise _Budget
+
+    trainer = Trainer(model, d, cfg.train, None, progress=False, callbacks=[stop])
+    try:
+        trainer.fit()
+    except _Budget:
+        pass
+    hist = trainer.history
+    speeds = [r["samples_per_s"] for r in hist[1:]] or [r["samples_per_s"] for r in hist]
+    return trainer.eval_model.eval(), {"epochs": len(hist), "seconds": round(time.perf_counter() - t0, 1),
+                                       "examples_per_s": float(np.median(speeds))}
+
+
+def score(model: torch.nn.Module, d: Data, ref: torch.nn.Module, real: np.ndarray, args: argparse.Namespace) -> dict:
+    xs = sample(model, len(real), seed=args.seed)
+    fake = embed_all(ref, xs)
+    precision, recall = precision_recall(real, fake, k=3)
+    test = evaluate(model, d.test[:args.n_samples], batch_size=1000, seed=args.seed)
+    return {"fd": frechet_distance(real, fake), "precision": precision, "recall": recall,
+            "test_neg_elbo": -test["elbo"], "samples": xs[:64]}
+
+
+def table(rows: dict, args: argparse.Namespace) -> str:
+    lines = ["# Sharper samples: pixel likelihood vs perceptual loss vs VAE-GAN", "",
+             f"Command: `python bench/bench_sharpness.py {' '.join(sys.argv[1:])}`  ",
+             f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__} (CPU)  ",
+             f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}", "",
+             "Same conv encoder/decoder and wall-clock budget per model; FD = classifier Fréchet distance in the "
+             "penultimate features of vaekit's reference CNN of each dataset (not Inception FID); precision/recall "
+             "with k = 3; test -ELBO is the pixel likelihood bound (nats). Lower FD is better.", "",
+             "| dataset | model | budget (min) | train examples | epochs | s | examples/s | test -ELBO | FD | precision | recall | samples |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for key in sorted(rows):
+        r = rows[key]
+        if "skipped" in r:
+            notes.append(f"- {r['dataset']} {r['model']}: skipped ({r['skipped']})")
+            continue
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['budget_min']} | {r['train_examples']} | {r['epochs']} | "
+                     f"{r['seconds']:.0f} | {r['examples_per_s']:.0f} | {r['test_neg_elbo']:.2f} | {r['fd']:.2f} | "
+                     f"{r['precision']:.3f} | {r['recall']:.3f} | ![]({r['grid']}) |")
+    feats = sorted({r["features"] for r in rows.values() if "features" in r})
+    return "\n".join(lines + [""] + notes + [""] + [f"- FD features: {f}" for f in feats]) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", type=Path, default=SHARED, help="folder with mnist/ and fashion-mnist/ IDX files")
+    ap.add_argument("--datasets", default="mnist,fashion-mnist")
+    ap.add_argument("--models", default=",".join(MODEL_NAMES))
+    ap.add_argument("--budget-min", type=float, default=30.0, help="wall-clock training budget per model")
+    ap.add_argument("--train-limit", type=int, default=0, help="only the first N training examples (smoke runs)")
+    ap.add_argument("--n-samples", type=int, default=10000, help="samples and test examples scored")
+    ap.add_argument("--latent-dim", type=int, default=32)
+    ap.add_argument("--hidden", default=None, help="conv channels, e.g. 32,64 (default: vaekit's)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--perceptual-weight", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where the table, JSON and grids go")
+    args = ap.parse_args()
+    if args.hidden:
+        args.hidden = [int(h) for h in args.hidden.split(",")]
+    results = args.results
+    results.mkdir(parents=True, exist_ok=True)
+    store = results / "sharpness.json"
+    rows = json.loads(store.read_text()) if store.exists() else {}
+    for name in args.datasets.split(","):
+        if not (args.data_dir / name).is_dir():
+            print(f"skip {name}: no {args.data_dir / name}", file=sys.stderr)
+            continue
+        d = load(name, args)
+        ref, meta, ref_dir = reference_feature_net(d, log=lambda line: print(line, file=sys.stderr))
+        real = embed_all(ref, d.test.x[:args.n_samples])
+        for kind in args.models.split(","):
+            key = f"{name}/{kind}"
+            if kind == "vaegan" and "vaegan" not in MODELS:
+                rows[key] = {"dataset": name, "model": kind, "skipped": "--model vaegan is not registered yet"}
+                continue
+            print(f"{name} {kind}: training for at most {args.budget_min} min", file=sys.stderr)
+            model, timing = train_one(kind, name, d, args)
+            res = score(model, d, ref, real, args)
+            grid = results / f"sharpness-{name}-{kind}.png"
+            save_samples(grid, res.pop("samples"), kind=d.spec.kind, nrow=8)
+            rows[key] = {"dataset": name, "model": kind, "budget_min": args.budget_min,
+                         "train_examples": len(d.train), **timing, **res, "grid": grid.name,
+                         "features": describe(meta), "feature_net": str(ref_dir),
+                         "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv)}
+            print(json.dumps({k: v for k, v in rows[key].items() if k not in ("command", "features")}), file=sys.stderr)
+            store.write_text(json.dumps(rows, indent=1) + "\n")
+            (results / "sharpness.md").write_text(table(rows, args))
+    store.write_text(json.dumps(rows, indent=1) + "\n")
+    (results / "sharpness.md").write_text(table(rows, args))
+    print((results / "sharpness.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
