@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from cli_helpers import cli as run_cli
 
-ARGS = ["--data", "digits", "--hidden", "48", "--latent-dim", "6", "--batch-size", "8", "--seed", "5",
+ARGS = ["--data", "digits", "--hidden", "48", "--latent-dim", "6", "--batch-size", "4", "--seed", "5",
         "--checkpoint-every", "0.05", "--quiet"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -39,28 +39,45 @@ def _assert_same(a: Path, b: Path) -> None:
     assert all((ma[k] == mb[k]).all() for k in ma)
 
 
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
-    epochs = 150  # ~0.05 s an epoch after ~2 s of start-up: kills land in several epochs before it ends
+    """Ten kills: two at random moments of start-up (before any checkpoint of that process), eight
+    at a random moment after the process wrote its first checkpoint (so the kill lands inside
+    training however slow the machine is to start)."""
+    epochs = 40  # ~0.15 s an epoch after ~2 s of start-up: kills land in several epochs before it ends
     ref = _train(tmp_path / "ref", epochs)
     assert ref.wait(timeout=300) == 0, ref.stderr.read()
     rng = random.Random(0)
     run = tmp_path / "killed"
+    last = run / "last.safetensors"
     kills = inside = 0
-    for attempt in range(10):  # 10 kills at random moments: start-up, before the first checkpoint, inside epochs
+    for attempt in range(10):
+        before = _mtime(last)
         p = _train(run, epochs, resume=attempt > 0)
-        time.sleep(rng.uniform(1.0, 4.5))
+        if attempt in (0, 5):
+            time.sleep(rng.uniform(0.2, 1.5))
+        else:
+            deadline = time.monotonic() + 120
+            while _mtime(last) == before and p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.5))
         if p.poll() is not None:  # finished before this kill
             break
         p.send_signal(signal.SIGKILL)
         p.wait()
         kills += 1
-        last = run / "last.safetensors"
         if last.exists():
             from safetensors import safe_open
             import json
             with safe_open(str(last), "pt") as f:
                 inside += bool(json.loads(f.metadata()["trainer_state"]).get("epoch_pos"))
-    assert kills >= 3
+    assert kills >= 6
     assert inside >= 1  # at least one kill landed after a checkpoint taken inside an epoch
     p = _train(run, epochs, resume=True)
     assert p.wait(timeout=300) == 0, p.stderr.read()
@@ -70,9 +87,9 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
 
 
 def test_sigterm_writes_a_checkpoint_inside_the_epoch_and_resume_is_exact(tmp_path):
-    ref = _train(tmp_path / "ref", 6)
+    ref = _train(tmp_path / "ref", 12)
     assert ref.wait(timeout=300) == 0
-    p = _train(tmp_path / "run", 6)
+    p = _train(tmp_path / "run", 12)
     deadline = time.monotonic() + 120  # a loaded machine may take long to start: wait for the first checkpoint
     while not (tmp_path / "run" / "last.safetensors").exists() and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -82,13 +99,13 @@ def test_sigterm_writes_a_checkpoint_inside_the_epoch_and_resume_is_exact(tmp_pa
     err = p.stderr.read()
     assert p.wait(timeout=60) == 130 and "--resume" in err and "Traceback" not in err
     assert (tmp_path / "run" / "last.safetensors").exists()
-    p = _train(tmp_path / "run", 6, resume=True)
+    p = _train(tmp_path / "run", 12, resume=True)
     assert p.wait(timeout=300) == 0, p.stderr.read()
     _assert_same(tmp_path / "ref", tmp_path / "run")
 
 
 def test_sigterm_while_starting_up_is_one_line_and_exit_130(tmp_path):
-    p = _train(tmp_path / "run", 6)
+    p = _train(tmp_path / "run", 12)
     time.sleep(0.3)  # the CLI is still importing or loading data
     p.send_signal(signal.SIGTERM)
     err = p.stderr.read()
@@ -117,3 +134,14 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
 def test_checkpoint_every_must_be_a_non_negative_number(tmp_path, capsys, value):
     code, _, err = run_cli(capsys, "train", "--data", "digits", "--checkpoint-every", value, "--out", str(tmp_path / "r"))
     assert code == 2 and "--checkpoint-every" in err and not (tmp_path / "r").exists()
+
+
+def test_resume_of_a_run_that_saved_nothing_starts_it(tmp_path, capsys):
+    """Killed before even its config was written: the same command with --resume starts the run."""
+    out = tmp_path / "r"
+    tiny = ["--data", "digits", "--hidden", "16", "--latent-dim", "3", "--quiet", "--out", str(out), "--epochs", "1"]
+    code, _, err = run_cli(capsys, "train", *tiny, "--resume")
+    assert code == 0 and "nothing to resume" in err and (out / "model.safetensors").exists()
+    # without the data flag there is no run to start: one line, exit 2
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "none"), "--resume")
+    assert code == 2 and len(err.strip().splitlines()) == 1

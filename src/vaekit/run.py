@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,12 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
     from ``out/last.safetensors`` (``epochs`` may be raised to train longer).
     """
     run_dir = Path(out) if out is not None else None
+    if resume and run_dir is not None and data is not None and not (run_dir / "config.json").exists() \
+            and not (run_dir.exists() and any(run_dir.iterdir())):
+        # the first run was stopped before it wrote anything: the same command with --resume starts it
+        print(f"vaekit: nothing to resume in {run_dir} (the first run stopped before it saved anything); "
+              "starting the run", file=sys.stderr)
+        resume = False
     if resume:
         if run_dir is None:
             raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
