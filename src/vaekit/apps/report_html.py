@@ -142,6 +142,22 @@ def _summary_cards(ev: dict[str, Any], records: list[dict[str, Any]]) -> str:
     return "<div class=cards>" + "".join(cards) + "</div>"
 
 
+def _training_notes(records: list[dict[str, Any]]) -> str:
+    """Warnings from the training log: epochs the critic won, updates skipped as non-finite."""
+    notes = []
+    won = [r["epoch"] + 1 for r in records if r.get("critic_won")]
+    if won:
+        shown = ", ".join(str(e) for e in won[:10]) + (" ..." if len(won) > 10 else "")
+        notes.append(f"The critic won {len(won)} epoch(s) ({shown}): its accuracy stayed near 100% for the whole "
+                     "epoch, so the other players learned little from it then.")
+    skipped = records[-1].get("skipped_steps", 0) if records else 0
+    if skipped:
+        by = records[-1].get("skipped_by_player")
+        detail = " (" + ", ".join(f"{k}: {v}" for k, v in by.items()) + ")" if by else ""
+        notes.append(f"{skipped} update(s) were skipped as non-finite{detail}.")
+    return "".join(f"<p class=note><b>{html.escape(n)}</b></p>" for n in notes)
+
+
 def build_report(run: LoadedRun, test: Split, *, evaluation: dict[str, Any] | None = None,
                  out: str | Path | None = None) -> Path:
     """Write ``out`` (default ``RUN/report.html``): one page, images embedded as data URIs.
@@ -169,7 +185,7 @@ def build_report(run: LoadedRun, test: Split, *, evaluation: dict[str, Any] | No
             f"<p class=sub>data: {html.escape(str(cfg.data.source))} · examples of shape {spec.shape} ({spec.kind}) · "
             f"{html.escape(model_line)}</p>",
             _summary_cards(ev, records),
-            "<section><h2>Training</h2>" + _img(figs["curves"], "training curves") + "</section>",
+            "<section><h2>Training</h2>" + _training_notes(records) + _img(figs["curves"], "training curves") + "</section>",
             "<section class=row><div><h2>Reconstructions</h2><p class=note>originals above their reconstructions "
             "(decoder mean at the posterior mean)</p>" + _img(figs["recon"], "reconstructions") + "</div>"
             "<div><h2>Samples</h2><p class=note>" + ("one row per class: " + html.escape(", ".join(

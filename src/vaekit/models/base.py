@@ -136,11 +136,28 @@ class BaseModel(nn.Module):
     ``labelled_per_batch`` (a count, or below 1 a share of the batch size). The trainer keeps
     the weights with the best validation ELBO, or with the best value of the validation key a
     model names in ``selection_metric`` (higher is better, e.g. "val_accuracy").
+
+    Several players (a critic beside the VAE): ``players()`` returns ``{name: {"params": [...],
+    "lr_scale": 1.0, "betas": (0.9, 0.999)}}`` in any order, every trainable parameter in exactly
+    one; the trainer gives each its own Adam and calls ``train_step(x, update=..., kl_weight=...,
+    **fields)`` instead of ``loss``. The model runs the batch in its own order and calls
+    ``update(name, loss)`` for each update it makes (the trainer back-propagates into that
+    player's parameters only, checks them for non-finite values and steps its optimizer;
+    ``update`` returns whether it did). ``train_step`` returns the same dict of terms as
+    ``loss``. ``extra_terms`` names further 0-dim terms (e.g. "critic_acc") averaged per epoch as
+    ``train_<name>``; ``critic_accuracy`` names the one that says the critic has won when it stays
+    near 1 for a whole epoch.
     """
 
     batch_fields: tuple[str, ...] = ()
     labelled_per_batch: float = 0
     selection_metric: str | None = None
+    extra_terms: tuple[str, ...] = ()
+    critic_accuracy: str | None = None
+
+    def players(self) -> dict[str, dict[str, Any]]:
+        """The model's players and their parameters; empty for a model trained by ``loss`` alone."""
+        return {}
 
     def __init__(self, config: ModelConfig, spec: DataSpec) -> None:
         super().__init__()

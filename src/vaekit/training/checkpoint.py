@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 from safetensors import SafetensorError
@@ -21,14 +21,42 @@ from ..io import save_tensors
 from .optim import Adam
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, opt: Adam, rng: dict[str, torch.Tensor], state: dict[str, Any],
+Optimizers = Union[Adam, dict[str, Adam]]
+
+
+def _optimizer_tensors(opt: Optimizers) -> dict[str, torch.Tensor]:
+    """``optim.<i>.<buffer>`` for one optimizer (or a one-player model's {"model": ...}), else
+    ``optim.<player>.<i>.<buffer>`` for each player's."""
+    if isinstance(opt, Adam):
+        opt = {"model": opt}
+    if list(opt) == ["model"]:
+        return {f"optim.{k}": v for k, v in opt["model"].state_tensors().items()}
+    return {f"optim.{name}.{k}": v for name, o in opt.items() for k, v in o.state_tensors().items()}
+
+
+def _load_optimizers(opt: Optimizers, tensors: dict[str, torch.Tensor]) -> None:
+    if isinstance(opt, Adam):
+        opt = {"model": opt}
+    state = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
+    if list(opt) == ["model"]:
+        opt["model"].load_state_tensors(state)
+        return
+    for name, o in opt.items():
+        mine = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+        try:
+            o.load_state_tensors(mine)
+        except ValueError as e:
+            raise ValueError(f"{e} (player {name})") from None
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: Optimizers, rng: dict[str, torch.Tensor], state: dict[str, Any],
                     average: torch.nn.Module | None = None) -> None:
     """Write model weights, optimizer state, RNG states, the weight average (if any) and JSON
     ``state`` to one file atomically."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if average is not None:
         tensors.update({f"average.{k}": v for k, v in average.state_dict().items()})
-    tensors.update({f"optim.{k}": v for k, v in opt.state_tensors().items()})
+    tensors.update(_optimizer_tensors(opt))
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
     meta = {"trainer_state": json.dumps(state), "format": "vaekit-checkpoint-1"}
     # The new file is written whole beside the old one first; only then does the old one become
@@ -45,7 +73,7 @@ def previous_path(path: Path) -> Path:
     return path.with_name(path.stem + ".previous" + path.suffix)
 
 
-def resume_checkpoint(path: Path, model: torch.nn.Module, opt: Adam,
+def resume_checkpoint(path: Path, model: torch.nn.Module, opt: Optimizers,
                       average: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
     """``load_checkpoint`` of ``path``; when ``path`` is missing, truncated or corrupt and the
     previous checkpoint is intact, that one (saying so on stderr). A checkpoint of another model
@@ -62,7 +90,7 @@ def resume_checkpoint(path: Path, model: torch.nn.Module, opt: Adam,
     return out
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt: Adam,
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: Optimizers,
                     average: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
     """Restore ``model``, ``opt`` and ``average`` in place; return (rng states, trainer state,
     whether the checkpoint held a weight average; without one ``average`` is left as it is)."""
@@ -79,7 +107,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: Adam,
     weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     load_weights(model, weights, str(path))
     try:
-        opt.load_state_tensors({k[6:]: v for k, v in tensors.items() if k.startswith("optim.")})
+        _load_optimizers(opt, tensors)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}; was it saved by another model?") from None
     avg = {k[8:]: v for k, v in tensors.items() if k.startswith("average.")}

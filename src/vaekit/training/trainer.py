@@ -29,7 +29,7 @@ from .interrupt import StopRequest, stop_on_signals
 from .fastpath import FastStep, supports
 from .graphed import GraphedStep
 from .memory import keep_freed_memory
-from .optim import Adam
+from .steps import QUEUED, AutogradStep, GraphStep, Guard, HandDerivedStep, PlayersStep, player_optimizers
 
 LR_SCHEDULES = ("none", "cosine", "exponential")
 PRECISIONS = ("highest", "high", "medium")
@@ -111,7 +111,11 @@ class Trainer:
         self.model = model.to(self.device)
         self.progress = progress
         self.callbacks = callbacks or []
-        self.opt = Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # One Adam per player: {"model": ...} for a one-player model, else the model's players
+        # (e.g. {"critic": ..., "vae": ...}); ``opt`` is the first.
+        self.opts = player_optimizers(self.model, cfg.lr, cfg.weight_decay)
+        self.opt = next(iter(self.opts.values()))
+        self.players = len(self.opts) > 1
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         # best_val: the best validation value of best_metric ("val_iwae" for models trained on a
         # k-sample bound, else "val_elbo"), the criterion for model.safetensors and patience.
@@ -131,13 +135,12 @@ class Trainer:
         # On a GPU the whole autograd step is recorded as a CUDA graph instead (see graphed.py):
         # there the launches, not the arithmetic, limit small models.
         # (Only for models that read x alone: the recorded step takes one input tensor.)
-        self.use_graphs = (self.device.type == "cuda" and cfg.cuda_graphs and self.opt.fused
+        self.use_graphs = (self.device.type == "cuda" and cfg.cuda_graphs and self.opt.fused and not self.players
                            and not getattr(self.model, "batch_fields", ()))
-        self.graphed: GraphedStep | None = None
-        fast = cfg.fast_path and supports(self.model) and not self.use_graphs
+        fast = cfg.fast_path and not self.players and supports(self.model) and not self.use_graphs
         self.fast = FastStep(self.model, matmul_dtype=low) if fast else None
-        self._found_inf = torch.zeros(1, device=self.device)
-        self._one = torch.ones(1, device=self.device)
+        self.guard = Guard(self.state, cfg.max_nonfinite, cfg.grad_clip, self.device)
+        self.step: Any = None  # the step engine, chosen when training starts (see steps.py)
         # Exact resume inside an epoch: the data generator's state when the epoch's order was drawn.
         self._epoch_gen: torch.Tensor | None = None
         self._stop = StopRequest()
@@ -161,7 +164,7 @@ class Trainer:
         rng = self._rng_state()
         if self.state.get("epoch_pos"):  # inside an epoch: its order is redrawn from the epoch's start
             rng["epoch_data"] = self._epoch_gen
-        save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, rng, self.state,
+        save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opts, rng, self.state,
                         self.average.model if self.average is not None else None)
         self._last_save = time.monotonic()
 
@@ -171,7 +174,8 @@ class Trainer:
         position inside an epoch."""
         assert self.run_dir is not None
         avg = self.average.model if self.average is not None else None
-        rng, self.state, had_average = resume_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, avg)
+        rng, self.state, had_average = resume_checkpoint(self.run_dir / "last.safetensors", self.model, self.opts, avg)
+        self.guard.state = self.state
         self._epoch_gen = rng.get("epoch_data")
         if "best_val_elbo" in self.state:  # saved before the criterion was named: it was the ELBO
             self.state["best_val"] = self.state.pop("best_val_elbo")
@@ -215,55 +219,75 @@ class Trainer:
             xs = (u < xs).to(xs.dtype)
         return batch.replace(x=xs)
 
-    def _graph_step(self, example: torch.Tensor) -> GraphedStep | None:
-        """The recorded step, made on first use.
+    @property
+    def graphed(self) -> GraphedStep | None:
+        """The recorded CUDA-graph step, once made (None with another engine)."""
+        return self.step.graph if isinstance(self.step, GraphStep) else None
+
+    def _make_graph(self, example: torch.Tensor) -> GraphedStep:
+        """Record the step on first use.
 
         A recording that fails stops training with one line (TrainingError): it leaves the CUDA
         random generator in recording mode (and may leave a sticky CUDA error), so this process
         can make no more random draws on the GPU, and an eager fallback would fail at its first."""
-        if self.graphed is None and self.use_graphs:
-            try:
-                # recorded on CUDA; elsewhere (tests on CPUs) the same step runs eagerly
-                self.graphed = GraphedStep(self.model, self.opt, example, capture=self.device.type == "cuda")
-            except Exception as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise TrainingError(f"recording the training step as a CUDA graph failed ({type(e).__name__}: "
-                                    f"{first}); train with --cuda-graphs off (saved epochs are intact)") from None
-        return self.graphed
+        try:
+            # recorded on CUDA; elsewhere (tests on CPUs) the same step runs eagerly
+            return GraphedStep(self.model, self.opt, example, capture=self.device.type == "cuda")
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise TrainingError(f"recording the training step as a CUDA graph failed ({type(e).__name__}: "
+                                f"{first}); train with --cuda-graphs off (saved epochs are intact)") from None
 
-    def _grads_finite(self, loss: torch.Tensor, grad_check: torch.Tensor | None = None) -> bool:
-        if grad_check is not None and self.cfg.grad_clip == 0:  # the fast step summed its gradients
-            return math.isfinite(float(loss + grad_check))
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.cfg.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip, foreach=True)
-            return bool(torch.isfinite(loss) & torch.isfinite(norm))
-        # One fused pass over all gradients (what torch's GradScaler uses), far cheaper than a norm.
-        self._found_inf.zero_()
-        torch._amp_foreach_non_finite_check_and_unscale_([p.grad for p in params], self._found_inf, self._one)
-        return bool(torch.isfinite(loss) & (self._found_inf == 0))
+    def _choose_step(self) -> Any:
+        """The engine that runs one training step, chosen once: several players, the CUDA graph,
+        the hand-derived CPU step, or autograd (see steps.py)."""
+        if self.players:
+            return PlayersStep(self.model, self.opts, self.guard)
+        if self.use_graphs:
+            return GraphStep(self.model, self.opt, self.guard, self.cfg.batch_size, self._make_graph)
+        if self.fast is not None:
+            return HandDerivedStep(self.model, self.opt, self.guard, self.fast)
+        return AutogradStep(self.model, self.opt, self.guard)
 
-    @staticmethod
-    def _mean_terms(terms: list[tuple[torch.Tensor, ...]], sizes: list[int]) -> list[float]:
-        """Example-weighted means of the per-step (loss, elbo, recon, kl)."""
+    def _term_names(self) -> tuple[str, ...]:
+        return ("loss", "elbo", "recon", "kl", *getattr(self.model, "extra_terms", ()))
+
+    def _mean_terms(self, terms: list[dict[str, torch.Tensor]], sizes: list[int]) -> dict[str, float]:
+        """Example-weighted means of the per-step terms (loss, elbo, recon, kl and the model's extras)."""
+        names = self._term_names()
         if not terms:
-            return [math.nan] * 4
-        t = torch.stack([torch.stack(row) for row in terms]).double()  # (steps, 4)
+            return {k: math.nan for k in names}
+        t = torch.stack([torch.stack([row.get(k, torch.tensor(math.nan, device=self.device)).reshape(())
+                                      for k in names]) for row in terms]).double()  # (steps, terms)
         w = torch.tensor(sizes, dtype=torch.float64, device=t.device)
-        return ((w @ t) / w.sum()).tolist()
+        return dict(zip(names, ((w @ t) / w.sum()).tolist()))
 
     def _checkpoint_due(self) -> bool:
         every = self.cfg.checkpoint_every
         return self._stop.requested or (every > 0 and time.monotonic() - self._last_save >= every)
 
-    def _save_inside_epoch(self, pos: int, terms: list, sizes: list[int], bad_run: int) -> None:
+    def _save_inside_epoch(self, pos: int, terms: list, sizes: list[int]) -> None:
         """Checkpoint at example ``pos`` of this epoch (with the epoch's running means), then stop
         if a signal asked for it."""
         self.state.update(epoch_pos=pos, epoch_partial={"means": self._mean_terms(terms, sizes), "seen": sum(sizes),
-                                                        "bad_run": bad_run})
+                                                        "bad_run": dict(self.guard.runs)})
         self._save()
         if self._stop.requested:
             raise KeyboardInterrupt
+
+    def _resume_partial(self, start: int) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+        """The running means and non-finite runs of an epoch resumed at example ``start``."""
+        partial = self.state.pop("epoch_partial", None) if start else None
+        if not partial:
+            return [], []
+        runs = partial.get("bad_run", 0)
+        self.guard.runs = dict(runs) if isinstance(runs, dict) else {"model": int(runs)}
+        means = partial["means"]
+        if isinstance(means, list):  # saved as (loss, elbo, recon, kl)
+            means = dict(zip(("loss", "elbo", "recon", "kl"), means))
+        if not partial["seen"]:
+            return [], []
+        return [{k: torch.tensor(v, device=self.device) for k, v in means.items()}], [partial["seen"]]
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
@@ -273,77 +297,47 @@ class Trainer:
         self._epoch_gen = self.gen.get_state()
         batch = self._epoch_batches()
         n, bs = len(batch), cfg.batch_size
-        # Per-step (loss, elbo, recon, kl) tensors, reduced once per epoch: no extra kernels
-        # or device syncs on the training step.
-        terms: list[tuple[torch.Tensor, ...]] = []
-        sizes: list[int] = []
-        partial = self.state.pop("epoch_partial", None) if start else None
-        if partial and partial["seen"]:
-            terms.append(tuple(torch.tensor(v, device=self.device) for v in partial["means"]))
-            sizes.append(partial["seen"])
+        # Per-step terms (0-dim tensors), reduced once per epoch: no extra kernels or device syncs
+        # on the training step.
+        self.guard.runs, self.guard.epoch = {}, epoch
+        terms, sizes = self._resume_partial(start)
         bar = self._bar
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}", refresh=False)
-        t0, bad_run = time.perf_counter(), (partial or {}).get("bad_run", 0)
+        t0 = time.perf_counter()
         self.model.train()
-        graph = self._graph_step(batch.x[:bs]) if self.use_graphs and n >= bs else None
-        if graph is not None:
-            graph.set_lr(self.opt.lr)
+        step = self.step
+        step.begin_epoch(self.opt.lr, batch[:bs])
         for i in range(start, n, bs):
-            # (the recorded GPU step counts its steps at the end of the epoch: no checkpoints inside)
-            if i > start and graph is None and self.run_dir is not None and self._checkpoint_due():
-                self._save_inside_epoch(i, terms, sizes, bad_run)
+            if i > start and step.saves_inside_epoch and self.run_dir is not None and self._checkpoint_due():
+                self._save_inside_epoch(i, terms, sizes)
             b = batch[i : i + bs]
-            xb = b.x
-            kl_w = kl_weight_at(epoch + i / n, cfg.kl_warmup, cfg.kl_schedule)
-            if graph is not None and len(xb) == bs:  # queued on the GPU; counted and checked at the end
-                graph.step(xb, kl_w)
-                if self.average is not None:
-                    self.average.update(self.state["step"])
-                self.state["step"] += 1
-                bar.update(len(xb))
+            out = step(b, kl_weight_at(epoch + i / n, cfg.kl_warmup, cfg.kl_schedule))
+            if out is None:  # skipped: a loss or gradient was not finite (counted by the guard)
                 continue
-            if self.fast is not None:
-                out = self.fast.step(xb, kl_weight=kl_w, **model_inputs(self.model, b))  # sets every p.grad
-            else:
-                out = self.model.loss(xb, kl_weight=kl_w, **model_inputs(self.model, b))
-                self.opt.zero_grad()  # in place: reused gradient buffers cost no page faults
-                out["loss"].backward()
-            if not self._grads_finite(out["loss"], out.get("grad_check")):
-                self.state["skipped_steps"] += 1
-                bad_run += 1
-                if bad_run >= cfg.max_nonfinite:
-                    raise TrainingError(
-                        f"{bad_run} non-finite losses or gradients in a row at epoch {epoch + 1}; stopped "
-                        "(the last good checkpoint is intact). Try a lower --lr, --grad-clip, or check the data")
-                continue
-            bad_run = 0
-            self.opt.step()
             if self.average is not None:
                 self.average.update(self.state["step"])
             self.state["step"] += 1
-            terms.append((out["loss"].detach(), out["elbo"], out["recon"], out["kl"]))
-            sizes.append(len(xb))
-            bar.update(len(xb))
+            bar.update(len(b))
+            if out is QUEUED:  # on the device; counted and checked at the end of the epoch
+                continue
+            terms.append(out)
+            sizes.append(len(b))
             if self.progress and self.state["step"] % 50 == 0:
                 s = self._mean_terms(terms[-50:], sizes[-50:])
-                bar.set_postfix(loss=f"{s[0]:.2f}", elbo=f"{s[1]:.2f}", kl=f"{s[3]:.2f}",
+                bar.set_postfix(loss=f"{s['loss']:.2f}", elbo=f"{s['elbo']:.2f}", kl=f"{s['kl']:.2f}",
                                 ex_s=f"{sum(sizes) / (time.perf_counter() - t0):.0f}", refresh=False)
-        if graph is not None:
-            got = graph.collect()
-            self.state["step"] -= got["skipped"]
-            self.state["skipped_steps"] += got["skipped"]
-            if got["longest_skipped_run"] >= cfg.max_nonfinite:
-                raise TrainingError(
-                    f"{got['longest_skipped_run']} non-finite losses or gradients in a row at epoch {epoch + 1}; "
-                    "stopped (the last good checkpoint is intact). Try a lower --lr, --grad-clip, or check the data")
-            if got["good"]:
-                terms.insert(0, tuple(torch.tensor(got["means"][k], device=self.device) for k in ("loss", "elbo", "recon", "kl")))
-                sizes.insert(0, got["good"] * bs)
+        queued = step.end_epoch()
+        if queued is not None:
+            self.state["step"] -= queued["skipped"]
+            if queued["good"]:
+                terms.insert(0, {k: torch.tensor(v, device=self.device) for k, v in queued["means"].items()})
+                sizes.insert(0, queued["good"] * bs)
         dt = time.perf_counter() - t0
         s, seen = self._mean_terms(terms, sizes), sum(sizes)
-        return {"train_loss": s[0], "train_elbo": s[1], "train_recon": s[2], "train_kl": s[3],
-                "kl_weight": kl_weight_at(epoch + 1, cfg.kl_warmup, cfg.kl_schedule),
-                "samples_per_s": seen / dt if dt > 0 else 0.0, "epoch_time_s": dt}
+        rec = {f"train_{k}": v for k, v in s.items()}
+        rec.update({"kl_weight": kl_weight_at(epoch + 1, cfg.kl_warmup, cfg.kl_schedule),
+                    "samples_per_s": seen / dt if dt > 0 else 0.0, "epoch_time_s": dt})
+        return rec
 
     def fit(self) -> list[dict[str, Any]]:
         """Run the remaining epochs; return the per-epoch records (also in metrics.jsonl)."""
@@ -356,11 +350,13 @@ class Trainer:
                          disable=not self.progress or self._log_lines,
                          leave=False, unit="ex", unit_scale=True, file=sys.stderr, mininterval=0.5)
         self._last_save = time.monotonic()
+        if self.step is None:
+            self.step = self._choose_step()
         with self._bar, float_mode(cfg.matmul_precision), stop_on_signals() as self._stop:
             for epoch in range(self.state["epoch"], cfg.epochs):
                 if self._stop.requested:  # a signal during the last validation: that epoch is saved
                     raise KeyboardInterrupt
-                self.opt.lr = lr_at(cfg, epoch)
+                self.opt.lr = lr_at(cfg, epoch)  # (each player's optimizer: this times its scale)
                 rec = {"epoch": epoch, "step": 0, "lr": lr_at(cfg, epoch)}
                 rec.update(self._train_epoch(epoch))
                 if self.average is not None:
@@ -369,10 +365,32 @@ class Trainer:
                     val = loss_terms(self.eval_model, self.data.val, batch_size=cfg.eval_batch_size, seed=cfg.seed + 1)
                     rec.update({f"val_{k}": v for k, v in val.items()})
                 rec["step"], rec["skipped_steps"] = self.state["step"], self.state["skipped_steps"]
+                if self.state.get("skipped_by_player") and self.players:
+                    rec["skipped_by_player"] = dict(self.state["skipped_by_player"])
+                self._check_critic(epoch, rec)
                 self._end_epoch(epoch, rec)
                 if cfg.patience and self.state["since_best"] >= cfg.patience:
                     break
         return self.history
+
+    #: a critic whose accuracy averages at least this over a whole epoch has won (its opponent
+    #: gets no useful gradient)
+    CRITIC_WON = 0.99
+
+    def _check_critic(self, epoch: int, rec: dict[str, Any]) -> None:
+        key = getattr(self.model, "critic_accuracy", None)
+        acc = rec.get(f"train_{key}") if key else None
+        if acc is None or not math.isfinite(acc) or acc < self.CRITIC_WON:
+            return
+        rec["critic_won"] = True
+        if self.progress:
+            msg = (f"vaekit: epoch {epoch + 1}: the critic won (its accuracy was {100 * acc:.1f}% over the whole "
+                   "epoch), so the other players learn little from it; try a lower critic learning rate or more "
+                   "noise/regularisation on it")
+            if self._bar.disable:
+                print(msg, file=sys.stderr, flush=True)
+            else:
+                self._bar.write(msg, file=sys.stderr)
 
     def _end_epoch(self, epoch: int, rec: dict[str, Any]) -> None:
         st = self.state
