@@ -50,7 +50,7 @@ from ..data.batch import UNLABELLED
 from ..data.spec import DataSpec
 from ..errors import UsageError
 from ..functional.kl import gaussian_log_prob_at_eps
-from ..modules.blocks import DECODERS, activation, conv_plan, mlp
+from ..modules.blocks import DECODERS, activation, conv_stack, mlp
 from ..modules.likelihoods import LIKELIHOODS
 from ..modules.priors import PRIORS
 from .base import MODELS, BaseModel, ModelConfig
@@ -64,15 +64,9 @@ CONV_DENSE = 256
 
 
 def conv_trunk(shape: tuple[int, ...], hidden: list[int] | None, act: str) -> tuple[nn.Sequential, int]:
-    """Stride-2 3x3 convolutions (``blocks.conv_plan``) then flatten: (B, *shape) -> (B, F); returns (net, F)."""
-    channels, sizes = conv_plan(shape, hidden)
-    layers: list[nn.Module] = []
-    c_in = shape[0]
-    for c in channels:
-        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), activation(act)]
-        c_in = c
-    h, w = sizes[-1]
-    return nn.Sequential(*layers, nn.Flatten()), c_in * h * w
+    """Stride-2 3x3 convolutions (``blocks.conv_stack``) then flatten: (B, *shape) -> (B, F); returns (net, F)."""
+    convs, features = conv_stack(shape, hidden, act)
+    return nn.Sequential(*convs, nn.Flatten()), features
 
 
 class ClassMixture(Distribution):

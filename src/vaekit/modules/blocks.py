@@ -107,6 +107,19 @@ def conv_plan(shape: tuple[int, ...], hidden: list[int] | None) -> tuple[list[in
     return list(hidden), sizes
 
 
+def conv_stack(shape: tuple[int, ...], hidden: list[int] | None, act: str) -> tuple[nn.Sequential, int]:
+    """Stride-2 3x3 convolutions with activations (``conv_plan``): (B, *shape) -> (B, C, h, w);
+    returns (net, C * h * w), the number of features once flattened."""
+    channels, sizes = conv_plan(shape, hidden)
+    layers: list[nn.Module] = []
+    c_in = shape[0]
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), activation(act)]
+        c_in = c
+    h, w = sizes[-1]
+    return nn.Sequential(*layers), c_in * h * w
+
+
 @ENCODERS.register("conv")
 class ConvEncoder(nn.Module):
     """Stride-2 3x3 convolutions, then a linear head giving [mu, logvar].
@@ -118,15 +131,8 @@ class ConvEncoder(nn.Module):
     def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: list[int] | None, act: str = "relu",
                  cond_dim: int = 0) -> None:
         super().__init__()
-        channels, sizes = conv_plan(shape, hidden)
-        layers: list[nn.Module] = []
-        c_in = shape[0]
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), activation(act)]
-            c_in = c
-        self.conv = nn.Sequential(*layers)
-        h, w = sizes[-1]
-        self.head = nn.Linear(c_in * h * w + cond_dim, 2 * latent_dim)
+        self.conv, features = conv_stack(shape, hidden, act)
+        self.head = nn.Linear(features + cond_dim, 2 * latent_dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.conv(x).flatten(1)
