@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _budget import fit_within  # noqa: E402
 from vaekit.apps.generate import sample
 from vaekit.apps.sample_quality import frechet_distance
 from vaekit.config import TrainConfig
@@ -85,10 +87,6 @@ def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
     return frechet_distance(a.numpy(), b.numpy())
 
 
-class _Budget(Exception):
-    pass
-
-
 def train_model(name: str, data: Data, args: argparse.Namespace, *, epochs: int, budget_s: float,
                 **model_kw) -> tuple[torch.nn.Module, dict]:
     """Train a model (``vaekit.models``) on ``data`` for at most ``epochs`` epochs and ``budget_s``
@@ -97,21 +95,7 @@ def train_model(name: str, data: Data, args: argparse.Namespace, *, epochs: int,
     cfg = ModelConfig(model=name, arch=args.arch, hidden=args.hidden, latent_dim=args.latent_dim, **model_kw)
     model = build_model(cfg, data.spec)
     tcfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, seed=args.seed, device="cpu")
-    t0 = time.perf_counter()
-
-    def stop(trainer: Trainer, rec: dict) -> None:
-        if time.perf_counter() - t0 > budget_s:
-            raise _Budget
-
-    trainer = Trainer(model, data, tcfg, None, progress=False, callbacks=[stop])
-    try:
-        trainer.fit()
-    except _Budget:
-        pass
-    hist = trainer.history
-    speeds = [r["samples_per_s"] for r in hist[1:]] or [r["samples_per_s"] for r in hist]
-    return trainer.eval_model.eval(), {"epochs": len(hist), "seconds": time.perf_counter() - t0,
-                                       "examples_per_s": float(np.median(speeds))}
+    return fit_within(Trainer(model, data, tcfg, None, progress=False), budget_s)
 
 
 def load(name: str, args: argparse.Namespace) -> Data:

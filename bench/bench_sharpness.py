@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _budget import fit_within  # noqa: E402
 from vaekit.apps.feature_net import reference_feature_net, save_feature_net, train_feature_net
 from vaekit.apps.generate import sample
 from vaekit.apps.sample_quality import describe, embed_all, frechet_distance, precision_recall
@@ -48,10 +50,6 @@ HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("VAEKIT_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 RESULTS = HERE / "results"
 MODEL_NAMES = ("pixel", "perceptual", "vaegan")
-
-
-class _Budget(Exception):
-    pass
 
 
 def load(name: str, args: argparse.Namespace) -> Data:
@@ -84,22 +82,10 @@ def train_one(kind: str, name: str, d: Data, args: argparse.Namespace) -> tuple[
     cfg = make_config(None, **opts)
     torch.manual_seed(args.seed)
     model = build_perceptual(cfg, d) if kind == "perceptual" else build_model(cfg.model, d.spec)
-    budget_s, t0 = args.budget_min * 60.0, time.perf_counter()
-
-    def stop(trainer: Trainer, rec: dict) -> None:
-        elapsed = time.perf_counter() - t0
-        if elapsed + rec.get("epoch_time_s", 0.0) > budget_s:  # the next epoch would not fit
-            raise _Budget
-
-    trainer = Trainer(model, d, cfg.train, None, progress=False, callbacks=[stop])
-    try:
-        trainer.fit()
-    except _Budget:
-        pass
-    hist = trainer.history
-    speeds = [r["samples_per_s"] for r in hist[1:]] or [r["samples_per_s"] for r in hist]
-    return trainer.eval_model.eval(), {"epochs": len(hist), "seconds": round(time.perf_counter() - t0, 1),
-                                       "examples_per_s": float(np.median(speeds))}
+    budget_s = args.budget_min * 60.0
+    trainer = Trainer(model, d, cfg.train, None, progress=False)
+    model, stats = fit_within(trainer, budget_s, whole_epochs=True)
+    return model, {**stats, "seconds": round(stats["seconds"], 1)}
 
 
 def score(model: torch.nn.Module, d: Data, ref: torch.nn.Module, real: np.ndarray, args: argparse.Namespace) -> dict:
