@@ -306,7 +306,7 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.train()
         step = self.step
-        step.begin_epoch(self.opt.lr, batch[:bs])
+        step.begin_epoch(lr_at(cfg, epoch), batch[:bs])  # sets each optimizer's rate (a player's: times its scale)
         for i in range(start, n, bs):
             if i > start and step.saves_inside_epoch and self.run_dir is not None and self._checkpoint_due():
                 self._save_inside_epoch(i, terms, sizes)
@@ -356,7 +356,6 @@ class Trainer:
             for epoch in range(self.state["epoch"], cfg.epochs):
                 if self._stop.requested:  # a signal during the last validation: that epoch is saved
                     raise KeyboardInterrupt
-                self.opt.lr = lr_at(cfg, epoch)  # (each player's optimizer: this times its scale)
                 rec = {"epoch": epoch, "step": 0, "lr": lr_at(cfg, epoch)}
                 rec.update(self._train_epoch(epoch))
                 if self.average is not None:
