@@ -72,7 +72,7 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = DEFAULT_K, chu
     """Kynkaanniemi et al. 2019's improved precision and recall of ``fake`` (M, F) against
     ``real`` (N, F), k-nearest-neighbour balls; each in [0, 1]."""
     if k < 1:
-        raise UsageError(f"--k must be at least 1, got {k}")
+        raise UsageError(f"--pr-k (k of the k-NN balls) must be at least 1, got {k}")
     r, f = torch.as_tensor(np.asarray(real, np.float64)), torch.as_tensor(np.asarray(fake, np.float64))
     if len(r) <= k or len(f) <= k:
         raise UsageError(f"precision/recall with k={k} needs more than {k} examples in each set, "
