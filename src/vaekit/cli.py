@@ -86,7 +86,14 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--labels-per-class", "labels_per_class", int, "keep N labels per class of the training split, hide the rest (semi-supervised)"),
     ("--label-seed", "label_seed", int, "seed of the draw of --labels-per-class"),
     ("--features", "features", str, "a trained run whose encoder gives the features (M1+M2: --model m2 on M1's codes)"),
-    ("--model", "model", str, "model: vae | iwae | cvae | m2 | completion"),
+    ("--model", "model", str, "model: vae | iwae | cvae | m2 | completion | aae | avb | vaegan"),
+    ("--prior", "prior", str, "p(z): standard-normal | gmm-ring (10 Gaussians on a ring, as in the AAE paper)"),
+    ("--encoder", "encoder", str, "--model aae: gaussian | deterministic"),
+    ("--critic-hidden", "critic_hidden", _int_list, "adversarial models: hidden widths (mlp) or channels (conv) of the critic"),
+    ("--adaptive-contrast", "adaptive_contrast", _on_off, "--model avb: on | off: contrast q(z|x) with a Gaussian of its moments (default on)"),
+    ("--gamma", "gamma", _finite, "--model vaegan: weight of the feature-space reconstruction against the GAN loss in the decoder's update"),
+    ("--equilibrium", "equilibrium", _finite, "--model vaegan: the equilibrium of the skip rule (discriminator loss, nats)"),
+    ("--margin", "margin", _finite, "--model vaegan: the margin of the skip rule around --equilibrium"),
     ("--conditional-prior", "conditional_prior", _on_off, "on | off: conditional models learn p(z|c) instead of N(0, I)"),
     ("--alpha", "alpha", _finite, "semi-supervised models: weight of the classification term"),
     ("--given", "given", str, "--model completion: the part of each training example given, the rest completed: "
@@ -204,7 +211,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         t = run.test
         print(f"trained {result['epochs']} epochs ({result['train_samples_per_s']:.0f} examples/s); best epoch {result['best_epoch']}")
         if t:
-            line = f"test: -ELBO {-t['elbo']:.2f} nats (recon {t['recon']:.2f}, KL {t['kl']:.2f}), active units {t['active_units']}/{len(t['kl_per_dim'])}"
+            line = (f"test: -ELBO {-t['elbo']:.2f} nats (recon {t['recon']:.2f}, KL {t['kl']:.2f})" if "elbo" in t
+                    else f"test: reconstruction {t['recon']:.2f} nats (no ELBO: no tractable q(z|x))")
+            line += f", active units {t['active_units']}/{len(t['posterior_mean_var'])}"
             if "nll" in t:
                 line += f", NLL {t['nll']:.2f} (K={t['iw_samples']})"
             print(line)

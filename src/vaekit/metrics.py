@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from .data.batch import Batch, as_batch, model_inputs
+from .errors import UsageError
 from .numerics import float_mode, fork_rng
 
 __all__ = ["ACTIVE_UNIT_THRESHOLD", "chunked_log_mean_exp", "evaluate", "iw_chunk_rows", "per_example_scores"]
@@ -153,13 +154,18 @@ def _scan(model: Any, data: Batch, batch_size: int, fn: Callable[[Batch], dict[s
 
 def _elbo_fn(model: Any) -> Callable[[Batch], dict[str, torch.Tensor]]:
     """Per example "recon", "kl" (B,); per batch (1, D) summaries, so memory stays O(N + D):
-    "kl_sum", and the count / mean / sum of squared deviations of the posterior means."""
+    "kl_sum", and the count / mean / sum of squared deviations of the posterior means (the codes).
+    A model without a KL term (no tractable q(z|x), e.g. a deterministic encoder) gives "recon"
+    and the code statistics only."""
     def fn(b: Batch) -> dict[str, torch.Tensor]:
         t = model.elbo_terms(b.x, **model_inputs(model, b))
         mu = t["mu"].double()
         m = mu.mean(0, keepdim=True)
-        return {"recon": t["recon"], "kl": t["kl"], "kl_sum": t["kl_dims"].sum(0, keepdim=True),
-                "mu_n": mu.new_full((1,), len(mu)), "mu_mean": m, "mu_m2": ((mu - m) ** 2).sum(0, keepdim=True)}
+        out = {"recon": t["recon"], "mu_n": mu.new_full((1,), len(mu)), "mu_mean": m,
+               "mu_m2": ((mu - m) ** 2).sum(0, keepdim=True)}
+        if "kl" in t:
+            out.update(kl=t["kl"], kl_sum=t["kl_dims"].sum(0, keepdim=True))
+        return out
     return fn
 
 
@@ -221,7 +227,9 @@ def evaluate(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000, iw_
     carries what a conditional model reads too, as a JSON-able dict.
 
     Keys (means over the N examples, nats per example, plain floats):
-      ``elbo`` = -(recon + kl) with one z ~ q(z|x) per example, and ``elbo_std_err``;
+      ``elbo`` = -(recon + kl) with one z ~ q(z|x) per example, and ``elbo_std_err`` (absent,
+      with ``kl`` and ``kl_per_dim``, for a model with no tractable q(z|x); ``elbo_note`` says
+      how a model's ELBO is estimated when it is not the usual one-sample value, e.g. AVB's);
       ``recon`` = E_q[-log p(x|z)]; ``kl`` = KL(q(z|x) || p(z));
       ``nll`` (only with ``iw_samples`` = K): -log p(x) estimated with K importance samples from
       q(z|x) (Burda et al. 2015; an upper bound in expectation, tightening as K grows), and
@@ -253,20 +261,24 @@ def evaluate(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000, iw_
     finally:
         if bar is not None:
             bar.close()
-    elbo, elbo_se = _mean_and_se(-(t["recon"] + t["kl"]))
     mu_var = _pooled_var(t["mu_n"], t["mu_mean"], t["mu_m2"])  # population variance: defined for n = 1
-    res: dict[str, Any] = {
-        "elbo": elbo,
-        "elbo_std_err": elbo_se,
-        "recon": float(t["recon"].mean()),
-        "kl": float(t["kl"].mean()),
-    }
+    res: dict[str, Any] = {}
+    if "kl" in t:
+        res["elbo"], res["elbo_std_err"] = _mean_and_se(-(t["recon"] + t["kl"]))
+    res["recon"] = float(t["recon"].mean())
+    if "kl" in t:
+        res["kl"] = float(t["kl"].mean())
+    note = getattr(model, "elbo_note", None)
+    if note:
+        res["elbo_note"] = note
     if nll is not None:
         res["nll"], res["nll_std_err"] = _mean_and_se(nll)
-    res["bits_per_dim"] = res.get("nll", -elbo) / (model.spec.dim * math.log(2.0))
+    if "nll" in res or "elbo" in res:
+        res["bits_per_dim"] = res.get("nll", -res.get("elbo", math.nan)) / (model.spec.dim * math.log(2.0))
     res["active_units"] = int((mu_var > ACTIVE_UNIT_THRESHOLD).sum())
     res["posterior_mean_var"] = [float(v) for v in mu_var]
-    res["kl_per_dim"] = [float(v) / n for v in t["kl_sum"].sum(0)]
+    if "kl" in t:
+        res["kl_per_dim"] = [float(v) / n for v in t["kl_sum"].sum(0)]
     res["n"] = n
     res["iw_samples"] = int(iw_samples) if iw_samples else None
     return res
@@ -295,6 +307,9 @@ def per_example_scores(model: Any, x: torch.Tensor | Batch, *, kind: str = "elbo
                 score = out["nll"]
             else:
                 out = _scan(model, x, batch_size, _elbo_fn(model), seed + _PASS_SEED["elbo"], bar)
+                if kind == "elbo" and "kl" not in out:
+                    raise UsageError(f"model {model.config.model!r} has no ELBO here (no tractable q(z|x)); "
+                                     "score by the reconstruction instead (--score recon)")
                 score = out["recon"] if kind == "recon" else out["recon"] + out["kl"]
     finally:
         if bar is not None:

@@ -97,4 +97,5 @@ def write_figures(run: "Run", res: dict[str, Any]) -> None:
         fig.save_samples(d / "samples.png", samples, kind=kind, reference=run.data.test.x[:500], nrow=nrow)
     records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
     fig.save_training_curves(d / "training_curves.png", records)
-    fig.save_kl_per_dim(d / "kl_per_dim.png", res["kl_per_dim"], posterior_mean_var=res.get("posterior_mean_var"))
+    if "kl_per_dim" in res:  # (a model with no tractable q(z|x) has no KL term)
+        fig.save_kl_per_dim(d / "kl_per_dim.png", res["kl_per_dim"], posterior_mean_var=res.get("posterior_mean_var"))

@@ -90,7 +90,10 @@ def crn_terms(model: Any, x: torch.Tensor, *, samples: int = 8, seed: int = 0,
             log_q = (-0.5 * eps[:, None, :] ** 2 - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(-1)
             log_w = log_px + model.prior.log_prob(z).view(samples, -1) - log_q
             out["recon"].append(-log_px.mean(0))
-            out["kl"].append(model.prior.kl(mu, logvar, None).sum(-1))
+            if model.prior.analytic_kl:
+                out["kl"].append(model.prior.kl(mu, logvar, None).sum(-1))
+            else:  # a mixture prior: the KL averaged over the same K draws
+                out["kl"].append((log_q - model.prior.log_prob(z).view(samples, -1)).mean(0))
             out["nll"].append(-(torch.logsumexp(log_w, 0) - math.log(samples)))
             out["entropy"].append(bernoulli_entropy(xb) if _is_bernoulli(model) else torch.zeros(len(xb)))
     finally:

@@ -90,7 +90,8 @@ def _sections(run: LoadedRun, test: Split, tmp: Path) -> dict[str, Path | None]:
         out["interp_ends"] = (0, j)
         from ..metrics import per_example_scores
 
-        scores = per_example_scores(model, b, kind="elbo", seed=run.config.train.seed).numpy()
+        kind = "elbo" if getattr(model, "has_elbo", True) else "recon"
+        scores = per_example_scores(model, b, kind=kind, seed=run.config.train.seed).numpy()
         out["hist"] = _score_histogram(tmp / "hist.png", scores, y, names)
         top = np.argsort(-scores)[:8]
         out["top"] = save_image_grid(tmp / "top.png", x[top], nrow=8, kind=spec.kind) if spec.is_image else None
@@ -134,7 +135,7 @@ def _summary_cards(ev: dict[str, Any], records: list[dict[str, Any]]) -> str:
     if "bits_per_dim" in ev:
         cards.append(_card(f"{ev['bits_per_dim']:.3f}", "bits/dim"))
     if "active_units" in ev:
-        cards.append(_card(f"{ev['active_units']}/{len(ev.get('kl_per_dim', []))}", "active units"))
+        cards.append(_card(f"{ev['active_units']}/{len(ev.get('posterior_mean_var', []))}", "active units"))
     if records:
         cards.append(_card(str(len(records)), f"epochs (best {records[-1].get('best_epoch', 0) + 1})"))
         sps = np.mean([r["samples_per_s"] for r in records if "samples_per_s" in r] or [0])

@@ -147,7 +147,8 @@ def cmd_traverse(args: argparse.Namespace) -> int:
         from ..metrics import evaluate
 
         s = run_inputs(run, None, split=args.split, data_dir=args.data_dir, limit=1000)
-        kl = evaluate(run.model, s)["kl_per_dim"][: run.model.latent_dim]  # a 2nd layer's dims come after
+        ev = evaluate(run.model, s)  # (a model without a KL term: the variance of its codes)
+        kl = ev.get("kl_per_dim", ev["posterior_mean_var"])[: run.model.latent_dim]  # a 2nd layer's dims come after
         dims = most_active_dims(kl, 8)
     frames = traverse(run.model, dims, base=base, span=args.span, steps=args.steps, cond=cond)
     values = np.linspace(-args.span, args.span, args.steps).tolist()

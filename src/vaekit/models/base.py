@@ -11,6 +11,7 @@ import torch.nn as nn
 from ..data.spec import DataSpec
 from ..errors import UsageError
 from ..modules.likelihoods import LIKELIHOODS, default_likelihood
+from ..modules.priors import PRIORS
 from ..registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -23,6 +24,12 @@ CONDITIONAL_PRIOR: set[str] = set()
 #: Variants trained on the codes of another trained model (M1+M2), by model name, used when
 #: ``extra["features"]`` describes that model (filled by ``models.m1m2``; see ``vaekit.features``).
 ON_FEATURES: dict[str, type] = {}
+#: Options that only some models read, by ModelConfig field: the models that read it (filled by
+#: the model modules); setting one away from its default for another model is refused.
+MODEL_OPTIONS: dict[str, set[str]] = {"encoder": set(), "critic_hidden": set(), "adaptive_contrast": set(),
+                                      "gamma": set(), "equilibrium": set(), "margin": set()}
+#: How an adversarial autoencoder's encoder draws its code (``ModelConfig.encoder``).
+ENCODER_KINDS = ("gaussian", "deterministic")
 #: Gradient estimators of the IWAE bound (see ``ModelConfig.gradient_estimator``).
 GRADIENT_ESTIMATORS = ("reparam", "dreg")
 
@@ -54,6 +61,19 @@ class ModelConfig:
         given, the rest to complete (``functional.masks.GIVEN_MODES``: "1", "2", "3" quadrants
         as in Sohn et al. 2015, "random" quadrants, "rect", "pixels"); None: "random" for
         images, "pixels" for vectors.
+    prior: p(z), a name in ``modules.priors.PRIORS`` ("standard-normal", "gmm-ring": the
+        adversarial autoencoder's ring of 10 Gaussians).
+    encoder: adversarial autoencoders (``models.aae``): "gaussian" (z = mu + sigma * eps) or
+        "deterministic" (z = mu).
+    critic_hidden: hidden widths of the second player (the AAE's discriminator on z, AVB's
+        adversary T(x, z), the VAE-GAN's discriminator on x: MLP widths, or conv channels for
+        --arch conv); None picks the model's default.
+    adaptive_contrast: AVB (``models.avb``): contrast the implicit posterior with a Gaussian of its
+        own moments (Mescheder et al. 2017, section 4) instead of with the prior.
+    gamma, equilibrium, margin: the VAE-GAN (``models.vaegan``): weight of the feature-space
+        reconstruction against the GAN loss in the decoder's update, and the equilibrium rule:
+        the discriminator is not updated while its loss is below ``equilibrium - margin`` and the
+        decoder's GAN term is skipped while it is above ``equilibrium + margin``.
     """
 
     model: str = "vae"
@@ -72,6 +92,12 @@ class ModelConfig:
     conditional_prior: bool = False
     alpha: float = 1.0
     given: str | None = None
+    encoder: str = "gaussian"
+    critic_hidden: list[int] | None = None
+    adaptive_contrast: bool = True
+    gamma: float = 1e-2
+    equilibrium: float = 0.68
+    margin: float = 0.35
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self, spec: DataSpec) -> "ModelConfig":
@@ -114,6 +140,17 @@ class ModelConfig:
             raise UsageError(f"--given chooses the masks of --model completion, not {cfg.model!r}; drop --given")
         if cfg.model == "completion" and cfg.given is None:
             cfg.given = "random" if spec.is_image else "pixels"
+        if cfg.prior not in PRIORS:
+            raise UsageError(f"--prior: {PRIORS.unknown_message(cfg.prior)}")
+        if cfg.encoder not in ENCODER_KINDS:
+            raise UsageError(f"--encoder must be one of {', '.join(ENCODER_KINDS)}, got {cfg.encoder!r}")
+        if cfg.critic_hidden is not None and (not cfg.critic_hidden or any(int(h) <= 0 for h in cfg.critic_hidden)):
+            raise UsageError(f"--critic-hidden needs positive integers, got {cfg.critic_hidden}")
+        defaults = ModelConfig()
+        for key, models in MODEL_OPTIONS.items():  # an option of other models, set away from its default
+            if getattr(cfg, key) != getattr(defaults, key) and cfg.model not in models:
+                flag = "--" + key.replace("_", "-")
+                raise UsageError(f"{flag} is an option of --model {' / '.join(sorted(models))}, not {cfg.model!r}; drop {flag}")
         for flag, value in (("--beta", cfg.beta), ("--free-bits", cfg.free_bits)):
             if value < 0:
                 raise UsageError(f"{flag} must be >= 0, got {value}")
@@ -135,7 +172,8 @@ class BaseModel(nn.Module):
     examples in every training batch (few labels among many examples) sets
     ``labelled_per_batch`` (a count, or below 1 a share of the batch size). The trainer keeps
     the weights with the best validation ELBO, or with the best value of the validation key a
-    model names in ``selection_metric`` (higher is better, e.g. "val_accuracy").
+    model names in ``selection_metric`` (higher is better, e.g. "val_accuracy"), or the last
+    epoch's when it names "last".
 
     Several players (a critic beside the VAE): ``players()`` returns ``{name: {"params": [...],
     "lr_scale": 1.0, "betas": (0.9, 0.999)}}`` in any order, every trainable parameter in exactly
@@ -143,13 +181,20 @@ class BaseModel(nn.Module):
     **fields)`` instead of ``loss``. The model runs the batch in its own order and calls
     ``update(name, loss)`` for each update it makes (the trainer back-propagates into that
     player's parameters only, checks them for non-finite values and steps its optimizer;
-    ``update`` returns whether it did). ``train_step`` returns the same dict of terms as
+    ``update`` returns whether it did). A player declared ``"shared": True`` updates parameters
+    that another player owns, with an Adam of its own (a second phase on the same weights).
+    ``train_step`` returns the same dict of terms as
     ``loss``. ``extra_terms`` names further 0-dim terms (e.g. "critic_acc") averaged per epoch as
     ``train_<name>``; ``critic_accuracy`` names the one that says the critic has won when it stays
     near 1 for a whole epoch.
     """
 
     batch_fields: tuple[str, ...] = ()
+    #: False for a model whose ``elbo_terms`` has no "kl" (no tractable q(z|x)): evaluation then
+    #: reports the reconstruction and the codes' statistics, and scores examples by reconstruction.
+    has_elbo: bool = True
+    #: how this model's ELBO is estimated, when it is not the usual one-sample value (shown in evaluations)
+    elbo_note: str | None = None
     labelled_per_batch: float = 0
     selection_metric: str | None = None
     extra_terms: tuple[str, ...] = ()

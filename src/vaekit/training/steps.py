@@ -199,7 +199,10 @@ class PlayersStep:
 
 def player_optimizers(model: torch.nn.Module, lr: float, weight_decay: float) -> dict[str, Adam]:
     """One Adam per player of ``model`` (``{"model": Adam(all parameters)}`` for a one-player
-    model). Every trainable parameter must belong to exactly one player."""
+    model). Every trainable parameter must belong to exactly one player, except that a player
+    declared ``"shared": True`` updates parameters of other players with an optimizer of its own
+    (the adversarial autoencoder's encoder is trained in two phases: with the decoder on the
+    reconstruction, and alone as the generator against the discriminator)."""
     players = model.players() if hasattr(model, "players") else {}
     if not players:
         return {"model": Adam(model.parameters(), lr=lr, weight_decay=weight_decay)}
@@ -207,11 +210,15 @@ def player_optimizers(model: torch.nn.Module, lr: float, weight_decay: float) ->
     opts = {}
     for name, spec in players.items():
         params = [p for p in spec["params"] if p.requires_grad]
-        if any(id(p) in seen for p in params):
-            raise ValueError(f"a parameter of player {name!r} belongs to another player too")
-        seen.update(id(p) for p in params)
+        if not spec.get("shared"):
+            if any(id(p) in seen for p in params):
+                raise ValueError(f"a parameter of player {name!r} belongs to another player too")
+            seen.update(id(p) for p in params)
         opts[name] = Adam(params, lr=lr * float(spec.get("lr_scale", 1.0)), betas=tuple(spec.get("betas", (0.9, 0.999))),
                           weight_decay=weight_decay)
+    for name, spec in players.items():
+        if spec.get("shared") and any(id(p) not in seen for p in opts[name].params):
+            raise ValueError(f"shared player {name!r} has parameters that no other player owns")
     left = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
     if left:
         raise ValueError(f"parameters {left[:3]} belong to no player of {type(model).__name__}")

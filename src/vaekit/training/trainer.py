@@ -396,12 +396,17 @@ class Trainer:
         # An IWAE is selected by the bound it trains on (its one-sample ELBO can fall while the
         # k-sample bound, and the likelihood, still rise); other models by the ELBO, unless the
         # model names another validation key (higher is better), e.g. M2's "val_accuracy".
+        # A model with no validation score to select by (adversarial models: their losses are a
+        # game's, not a fit's) names "last": every epoch replaces the saved weights.
         metric = getattr(self.model, "selection_metric", None)
-        if metric not in rec:
+        if metric not in rec and metric != "last":
             metric = "val_iwae" if "val_iwae" in rec else "val_elbo"
         if st.get("best_metric") != metric:  # a new run, or one saved under the other criterion
             st.update(best_val=-math.inf, best_metric=metric)
-        val = rec.get(metric, rec["train_elbo"] if not len(self.data.val) else math.nan)
+        if metric == "last":
+            val = float(epoch)
+        else:
+            val = rec.get(metric, rec["train_elbo"] if not len(self.data.val) else math.nan)
         improved = math.isfinite(val) and (val > st["best_val"] or not len(self.data.val))
         if improved:
             st.update(best_val=val, best_epoch=epoch, since_best=0)
