@@ -133,3 +133,17 @@ def test_m1_m2_resumes_without_reading_m1_again(runs, capsys, tmp_path):
     assert len((m12 / "metrics.jsonl").read_text().splitlines()) == 4
     code, stdout, _ = cli(capsys, "classify", m12, "--json", "--out", tmp_path / "p.csv")
     assert code == 0 and json.loads(stdout)["n_labelled"] == 180
+
+
+def test_the_report_of_a_classifier_shows_its_confusion_matrix(runs, capsys):
+    """report.html of an M2 run has a Classifier section: the accuracy of classify's own count and
+    the confusion matrix image; a plain VAE run has none."""
+    import re
+
+    page = (runs["m2"] / "report.html").read_text()
+    assert "<h2>Classifier</h2>" in page and 'alt="confusion matrix"' in page
+    code, stdout, _ = cli(capsys, "classify", runs["m2"], "--json")
+    acc = json.loads(stdout)["accuracy"]
+    shown = float(re.search(r"accuracy ([0-9.]+)% \((\d+) labelled\)", page).group(1))
+    assert shown == pytest.approx(100 * acc, abs=0.006)
+    assert "<h2>Classifier</h2>" not in (runs["m1"] / "report.html").read_text()

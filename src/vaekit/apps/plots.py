@@ -63,3 +63,27 @@ def save_latent_map(path: str | Path, coords: np.ndarray, *, labels: np.ndarray 
         ax.legend(markerscale=2, fontsize=8, loc="best", ncols=1 if len(classes) <= 12 else 2, title="label")
     ax.set(xlabel=f"{axes_label} · axis 1" if axes_label else "axis 1", ylabel="axis 2", title=title or "latent map")
     return _save_figure(path, fig)
+
+
+def save_confusion_matrix(path: str | Path, confusion: Sequence[Sequence[int]], names: Sequence[str], *,
+                          title: str = "confusion matrix") -> Path:
+    """A classifier's K x K confusion matrix (rows: true class, columns: predicted), each row
+    shaded by its share of that class's examples and labelled with the counts."""
+    conf = np.asarray(confusion, dtype=np.int64)
+    k = conf.shape[0]
+    share = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    size = min(9.0, 2.5 + 0.55 * k)
+    fig = Figure(figsize=(size, size * 0.9), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(conf[i, j]), ha="center", va="center", fontsize=7 if k > 10 else 8,
+                        color="white" if share[i, j] > 0.5 else "black")
+    labels = [str(n) for n in names] if len(names) == k else [str(i) for i in range(k)]
+    ax.set_xticks(range(k), labels, rotation=45 if max(map(len, labels)) > 2 else 0, ha="right", fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    return _save_figure(path, fig)

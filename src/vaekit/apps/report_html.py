@@ -20,7 +20,7 @@ from ..io import write_text
 from .common import LoadedRun, class_names
 from .generate import figure_samples, reconstruct, seeded
 from .latent import embed, interpolate, map_2d
-from .plots import save_frames, save_latent_map
+from .plots import save_confusion_matrix, save_frames, save_latent_map
 
 MAP_POINTS = 2000  # test examples on the latent map and in the histogram
 CSS = """body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
@@ -96,6 +96,16 @@ def _sections(run: LoadedRun, test: Split, tmp: Path) -> dict[str, Path | None]:
         top = np.argsort(-scores)[:8]
         out["top"] = save_image_grid(tmp / "top.png", x[top], nrow=8, kind=spec.kind) if spec.is_image else None
     out["kl"] = d / "kl_per_dim.png" if (d / "kl_per_dim.png").exists() else None
+    out["confusion"], out["classifier"] = None, None
+    if callable(getattr(model, "classify", None)) and test.y is not None:  # a classifier q(y|x): M2
+        from .classify import predict_proba, summarize
+
+        summary = summarize(predict_proba(model, test.x), test.y, class_names(run.source, spec.num_classes))
+        if summary.get("confusion") is not None:
+            out["classifier"] = summary
+            out["confusion"] = save_confusion_matrix(
+                tmp / "confusion.png", summary["confusion"], summary["classes"],
+                title=f"q(y|x) on {summary['n_labelled']} labelled test examples: accuracy {100 * summary['accuracy']:.2f}%")
     return out
 
 
@@ -199,7 +209,12 @@ def build_report(run: LoadedRun, test: Split, *, evaluation: dict[str, Any] | No
             "<section><h2>Anomaly scores</h2>" + _img(figs["hist"], "anomaly score histogram")
             + ("<p class=note>the 8 least likely test examples:</p>" + _img(figs["top"], "most anomalous")
                if figs.get("top") else "") + "</section>",
-            "<section><h2>Latent dimensions</h2>" + _img(figs["kl"], "KL per dimension") + "</section>",
+            ("<section><h2>Classifier</h2><p class=note>the model's q(y|x) on the test examples shown here; "
+             f"accuracy {100 * figs['classifier']['accuracy']:.2f}% ({figs['classifier']['n_labelled']} labelled)</p>"
+             + _img(figs["confusion"], "confusion matrix") + "</section>" if figs.get("confusion") else ""),
+            "<section><h2>Latent dimensions</h2>" + (_img(figs["kl"], "KL per dimension") if figs["kl"] else
+                                                      "<p class=note>(no KL term: this model has no tractable q(z|x))</p>")
+            + "</section>",
             "<section><h2>Configuration</h2><details><summary>config.json</summary><pre>"
             + html.escape(json.dumps(cfg.to_dict(), indent=2)) + "</pre></details></section>",
         ]
