@@ -147,3 +147,10 @@ def test_the_report_of_a_classifier_shows_its_confusion_matrix(runs, capsys):
     shown = float(re.search(r"accuracy ([0-9.]+)% \((\d+) labelled\)", page).group(1))
     assert shown == pytest.approx(100 * acc, abs=0.006)
     assert "<h2>Classifier</h2>" not in (runs["m1"] / "report.html").read_text()
+
+
+def test_evaluate_splits_the_kl_into_z_dimensions_and_the_class(runs, capsys):
+    code, stdout, _ = cli(capsys, "evaluate", runs["m2"], "--json")
+    res = json.loads(stdout)
+    assert code == 0 and len(res["kl_per_dim"]) == 4 and res["kl_extra"] > 0
+    assert sum(res["kl_per_dim"]) + res["kl_extra"] == pytest.approx(res["kl"], rel=1e-4)

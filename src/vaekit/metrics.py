@@ -165,6 +165,8 @@ def _elbo_fn(model: Any) -> Callable[[Batch], dict[str, torch.Tensor]]:
                "mu_m2": ((mu - m) ** 2).sum(0, keepdim=True)}
         if "kl" in t:
             out.update(kl=t["kl"], kl_sum=t["kl_dims"].sum(0, keepdim=True))
+        if "kl_extra" in t:  # KL of latents that are not dimensions of z (M2's class y)
+            out["kl_extra"] = t["kl_extra"]
         return out
     return fn
 
@@ -237,7 +239,9 @@ def evaluate(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000, iw_
       ``bits_per_dim``: ``nll`` if present else -``elbo``, divided by spec.dim * ln 2;
       ``active_units``: latent dims with Var_x(E_q[z_d]) > 0.01 over all of ``x`` (Burda et al.),
       ``posterior_mean_var``: that variance per dim (list of D), ``kl_per_dim``: mean KL per
-      dim (list of D, sums to ``kl``); ``n``; ``iw_samples`` (None without the NLL).
+      dim (list of D; with ``kl_extra`` it sums to ``kl``), ``kl_extra``: the KL
+      of latents that are not dimensions of z (M2's class y: KL(q(y|x) || p(y)); only for such
+      models); ``n``; ``iw_samples`` (None without the NLL).
 
     Deterministic given ``seed``; the caller's RNG state, the model's train/eval modes and the
     float32 matmul precision are restored. ``matmul_precision="medium"`` lets CPUs with bf16
@@ -279,6 +283,8 @@ def evaluate(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000, iw_
     res["posterior_mean_var"] = [float(v) for v in mu_var]
     if "kl" in t:
         res["kl_per_dim"] = [float(v) / n for v in t["kl_sum"].sum(0)]
+    if "kl_extra" in t:
+        res["kl_extra"] = float(t["kl_extra"].mean())
     res["n"] = n
     res["iw_samples"] = int(iw_samples) if iw_samples else None
     return res
