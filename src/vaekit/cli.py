@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--sample-quality: the feature net (vaekit features); default: the dataset's cached reference")
     e.add_argument("--n-samples", type=int, default=None, help="--sample-quality: samples and examples (default min(N, 10000))")
     e.add_argument("--pr-k", type=int, default=3, help="--sample-quality: k of the k-NN manifolds of precision/recall")
+    e.add_argument("--prior-mmd", action="store_true",
+                   help="also the unbiased MMD^2 between the split's codes and as many prior draws (Gaussian kernels "
+                        "at several bandwidths from the median distance): how well the aggregated posterior matches p(z)")
     e.set_defaults(func=cmd_evaluate)
     t.set_defaults(func=cmd_train)
 
@@ -237,7 +240,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ais_steps = args.ais_steps or DEFAULT_STEPS
     res = evaluate_run(args.run_dir, split=args.split, data_dir=args.data_dir, iw_samples=args.iw_samples or None,
                        limit=args.limit, batch_size=args.batch_size, seed=args.seed, device=args.device,
-                       ais_steps=ais_steps, ais_chains=args.ais_chains)
+                       ais_steps=ais_steps, ais_chains=args.ais_chains, prior_mmd=args.prior_mmd)
     if args.sample_quality:
         from .apps.sample_quality import evaluate_sample_quality
 

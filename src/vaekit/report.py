@@ -18,12 +18,14 @@ if TYPE_CHECKING:
 
 def evaluate_run(run_dir: str | Path, *, split: str = "test", data_dir: str | None = None, iw_samples: int | None = None,
                  limit: int | None = None, batch_size: int | None = None, seed: int = 0, device: str = "auto",
-                 ais_steps: int | None = None, ais_chains: int | None = None) -> dict[str, Any]:
+                 ais_steps: int | None = None, ais_chains: int | None = None, prior_mmd: bool = False) -> dict[str, Any]:
     """Load a run and its data, and evaluate the best model on ``split`` (see ``metrics.evaluate``).
 
     ``ais_steps``: also -log p(x) by annealed importance sampling with that many temperatures and
     ``ais_chains`` chains per example (``ais.evaluate_ais``: "ais_nll" and its errors and settings,
     plus "ais_limit"), for any model that scores log p(z) and log p(x|z).
+    ``prior_mmd``: also how far the encoded split is from the prior (``prior_code_mmd``: "prior_mmd",
+    "prior_mmd_n"), for any model with an encoder and an unconditional prior.
     """
     from .apps.common import open_run, run_inputs
     from .metrics import evaluate
@@ -36,6 +38,8 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_dir: str | No
 
         ais_chains = DEFAULT_CHAINS if ais_chains is None else ais_chains
         check_ais(run.model, ais_steps, ais_chains)  # before any data is read or work done
+    if prior_mmd:
+        _check_prior_codes(run.model)
     x = run_inputs(run, split=split, data_dir=data_dir, limit=limit)  # with labels/conditions, for conditional models
     batch_size = batch_size or run.config.train.eval_batch_size
     res: dict[str, Any] = {}
@@ -44,7 +48,60 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", data_dir: str | No
     if ais_steps is not None:
         res.update(evaluate_ais(run.model, x, steps=ais_steps, chains=ais_chains, batch_size=batch_size, seed=seed))
         res["ais_limit"] = limit
+    if prior_mmd:
+        res.update(prior_code_mmd(run.model, x, batch_size=batch_size, seed=seed))
     return {"split": split, **res}
+
+
+#: Seed offset of the --prior-mmd pass, apart from metrics' ELBO (0) and NLL (1) and AIS (2) passes.
+_PRIOR_MMD_SEED = 3
+
+
+def _check_prior_codes(model: Any) -> None:
+    """Refuse (one line) a model whose codes have no fixed prior p(z) to compare with."""
+    from .modules.priors import Prior
+
+    name = getattr(getattr(model, "config", None), "model", type(model).__name__)
+    if not isinstance(getattr(model, "prior", None), Prior) or not callable(getattr(model, "encode", None)):
+        raise UsageError(f"--prior-mmd compares a model's codes with its prior p(z); model {name!r} has no encoder "
+                         "with a fixed prior (use a run of vae, iwae or aae)")
+    cfg = model.config
+    if getattr(cfg, "latent_dim2", 0) or getattr(cfg, "conditional_prior", False):
+        why = "a second stochastic layer" if getattr(cfg, "latent_dim2", 0) else "a learned conditional prior p(z|c)"
+        raise UsageError(f"--prior-mmd needs codes with one fixed prior p(z); this run has {why}, whose codes have none")
+
+
+def prior_code_mmd(model: Any, data: Any, *, batch_size: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """How far the aggregated posterior is from the prior: the unbiased MMD^2 (``functional.mmd``;
+    Gaussian kernels at 0.25-4 times the pooled median distance) between the codes of ``data``
+    (a Batch or tensor of examples) and as many draws from the model's prior p(z).
+
+    Codes: the model's own ``codes(x)`` when it defines it (an AAE: mu for a deterministic
+    encoder, a draw from q(z|x) for a Gaussian one), else one draw z ~ q(z|x) per example (a
+    VAE's aggregated posterior is the mixture of its q(z|x)). Deterministic given ``seed``; the
+    caller's RNG is restored. Returns {"prior_mmd": float, "prior_mmd_n": N}.
+    """
+    from .data.batch import as_batch, model_inputs
+    from .functional.mmd import mmd2_unbiased
+    from .metrics import _eval_context, _scan
+
+    _check_prior_codes(model)
+    data = as_batch(data)
+    if len(data) < 2:
+        raise UsageError(f"--prior-mmd needs at least 2 examples, got {len(data)}")
+    own = getattr(model, "codes", None)
+
+    def fn(b: Any) -> dict[str, torch.Tensor]:
+        fields = model_inputs(model, b)
+        if callable(own):
+            return {"z": own(b.x, **fields)}
+        mu, logvar = model.encode(b.x, **fields)
+        return {"z": mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)}
+
+    with _eval_context(model, seed + _PRIOR_MMD_SEED, None):
+        z = _scan(model, data, batch_size, fn, seed + _PRIOR_MMD_SEED)["z"]
+        prior = model.prior.sample(len(z), device=model.device, dtype=model.dtype).to("cpu", torch.float64)
+    return {"prior_mmd": float(mmd2_unbiased(z, prior)), "prior_mmd_n": int(len(z))}
 
 
 def finish_run(run: "Run", figures: bool = True) -> dict[str, Any]:
