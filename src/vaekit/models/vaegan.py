@@ -11,8 +11,10 @@ layers, Dis_l, instead of in pixels. Three players, each with its own Adam (Algo
 with, on one batch x (all terms batch means, nats per example where they are log-likelihoods):
 
     L_prior   = KL(q(z|x) || p(z))
-    L_llike   = 1/2 ||Dis_l(x) - Dis_l(x~)||^2 summed over the features of layer l (a unit-variance
-                Gaussian in feature space, its constant dropped), x~ = E[x|z], z ~ q(z|x)
+    L_llike   = 1/2 ||Dis_l(x) - Dis_l(x~)||^2 / s^2 summed over the features of layer l (a Gaussian
+                in feature space, its constant dropped), x~ = E[x|z], z ~ q(z|x), s^2 the features'
+                mean variance over the batch's data, detached (the paper's variance is 1; see
+                ``_feature_recon`` for why it is not here)
     L_GAN_dis = BCE(Dis(x), 1) + BCE(Dis(x~), 0) + BCE(Dis(x_p), 0), x_p = E[x|z_p], z_p ~ p(z)
                 (the paper's -L_GAN)
     L_GAN_gen = BCE(Dis(x~), 1) + BCE(Dis(x_p), 1)   (the non-saturating generator loss, in
@@ -161,8 +163,20 @@ class VAEGAN(VAE):
 
     @staticmethod
     def _feature_recon(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """L_llike: half the squared distance in Dis_l's features, summed per example, batch mean."""
-        return 0.5 * (fake - real.detach()).pow(2).sum(1).mean()
+        """L_llike: half the squared distance in Dis_l's features, summed per example, batch mean,
+        in units of the features' variance over the batch's data (their mean variance, detached:
+        one isotropic Gaussian as in the paper, its variance the data's instead of 1; one scalar,
+        so features that are constant on the data get no huge weight).
+
+        The paper's unit-variance Gaussian in feature space takes the discriminator's feature scale
+        as it comes: with small, freshly initialised layers L_llike is a few nats against a KL of
+        tens, and the encoder collapses to the prior (measured on MNIST: KL -> 0 within two epochs,
+        the decoder then a plain GAN generator, mode-collapsed). Scaled by the data's own spread
+        the term no longer depends on that arbitrary scale: a reconstruction that ignores x costs
+        ~F/2 nats (F features), as a pixel likelihood's does ~D/2."""
+        real = real.detach()
+        var = real.var(0, unbiased=False).mean().clamp(min=1e-8) if real.shape[0] > 1 else real.new_ones(())
+        return 0.5 * (fake - real).pow(2).sum(1).mean() / var
 
     def terms(self, x: torch.Tensor, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """Every loss of one batch from one forward pass (not detached): "encoder", "decoder",
