@@ -10,9 +10,14 @@ k = 3). The perceptual loss uses another feature net (same architecture, seed 1,
 model is not scored in the very features it was trained to match. The test -ELBO (pixel
 likelihood) is reported too: the perceptual term trades some of it for sharpness.
 
-Writes bench/results/sharpness-<dataset>-<model>.png (64 samples) and bench/results/sharpness.md;
-rows accumulate in bench/results/sharpness.json, so datasets or models can be run in separate
-sessions (``--datasets mnist --models perceptual``).
+The VAE-GAN (``--model vaegan``: a discriminator on x, reconstruction in its features, the
+equilibrium rule) uses its own defaults (``--gamma``, ``--equilibrium``, ``--margin`` pass through);
+its test -ELBO is the pixel likelihood's, on which it is not trained.
+
+Writes bench/results/sharpness-<dataset>-<model>.png (64 samples) and bench/results/sharpness.md
+(the table, then the three grids of each dataset side by side); rows accumulate in
+bench/results/sharpness.json, so datasets or models can be run in separate sessions
+(``--datasets mnist --models perceptual``).
 
     python bench/bench_sharpness.py --data-dir ../shared/data [--budget-min 30]
     python bench/bench_sharpness.py --budget-min 0.5 --train-limit 3000 --n-samples 1000 \
@@ -79,6 +84,7 @@ def train_one(kind: str, name: str, d: Data, args: argparse.Namespace) -> tuple[
                     perceptual_weight=args.perceptual_weight)
     if kind == "vaegan":
         opts["model"] = "vaegan"
+        opts.update({k: getattr(args, k) for k in ("gamma", "equilibrium", "margin") if getattr(args, k) is not None})
     cfg = make_config(None, **opts)
     torch.manual_seed(args.seed)
     model = build_perceptual(cfg, d) if kind == "perceptual" else build_model(cfg.model, d.spec)
@@ -117,7 +123,13 @@ def table(rows: dict, args: argparse.Namespace) -> str:
                      f"{r['seconds']:.0f} | {r['examples_per_s']:.0f} | {r['test_neg_elbo']:.2f} | {r['fd']:.2f} | "
                      f"{r['precision']:.3f} | {r['recall']:.3f} | ![]({r['grid']}) |")
     feats = sorted({r["features"] for r in rows.values() if "features" in r})
-    return "\n".join(lines + [""] + notes + [""] + [f"- FD features: {f}" for f in feats]) + "\n"
+    grids = ["", "## Samples side by side", "", "| dataset | " + " | ".join(MODEL_NAMES) + " |",
+             "|---|" + "---|" * len(MODEL_NAMES)]
+    for name in sorted({r["dataset"] for r in rows.values()}):
+        cells = [f"![]({rows[f'{name}/{m}']['grid']}) FD {rows[f'{name}/{m}']['fd']:.2f}"
+                 if "grid" in rows.get(f"{name}/{m}", {}) else "-" for m in MODEL_NAMES]
+        grids.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + notes + [""] + [f"- FD features: {f}" for f in feats] + grids) + "\n"
 
 
 def main() -> int:
@@ -133,6 +145,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--perceptual-weight", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gamma", type=float, default=None, help="VAE-GAN: --gamma (default: the model's)")
+    ap.add_argument("--equilibrium", type=float, default=None, help="VAE-GAN: --equilibrium (default: the model's)")
+    ap.add_argument("--margin", type=float, default=None, help="VAE-GAN: --margin (default: the model's)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the table, JSON and grids go")
     args = ap.parse_args()
     if args.hidden:
