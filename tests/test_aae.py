@@ -340,6 +340,11 @@ def test_cli_verbs_on_a_deterministic_run(runs, capsys, tmp_path):
         code, _, err = cli(capsys, *argv)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "--ais" in err, err
     assert not (tmp_path / "n.csv").exists()
+    code, _, err = cli(capsys, "detect", run, "--score", "excess", "--out", tmp_path / "e.csv")
+    assert code == 2 and "--score recon" in err and not (tmp_path / "e.csv").exists()
+    code, out, err = cli(capsys, "detect", run, "--out", tmp_path / "default.csv", "--json")  # default: recon
+    assert code == 0, err
+    assert json.loads(out)["score"] == "recon"
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -104,8 +104,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise UsageError(f"--iw-samples must be >= 1, got {args.iw_samples}")
     run = open_from_args(args)
     conditional = bool(getattr(run.model, "batch_fields", ()))
+    gaussian_q = getattr(run.model, "has_elbo", True)  # False: no q(z|x) to score by (a deterministic AAE)
     if args.score is None:
-        args.score = "elbo" if conditional else DEFAULT_SCORE
+        args.score = "elbo" if conditional else (DEFAULT_SCORE if gaussian_q else "recon")
+    elif args.score in ("excess", "elbo", "nll") and not gaussian_q:
+        raise UsageError(f"--score {args.score} needs q(z|x), which this {run.model.config.model!r} run has not "
+                         "(a deterministic encoder); use --score recon (or evaluate --ais for -log p(x))")
     elif args.score == "excess" and conditional:
         raise UsageError("--score excess is for unconditional runs; this run is conditional: use --score elbo, "
                          "nll or recon (scores of x under its own label or condition)")

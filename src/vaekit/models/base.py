@@ -72,8 +72,9 @@ class ModelConfig:
         own moments (Mescheder et al. 2017, section 4) instead of with the prior.
     gamma, equilibrium, margin: the VAE-GAN (``models.vaegan``): weight of the feature-space
         reconstruction against the GAN loss in the decoder's update, and the equilibrium rule:
-        the discriminator is not updated while its loss is below ``equilibrium - margin`` and the
-        decoder's GAN term is skipped while it is above ``equilibrium + margin``.
+        the discriminator is not updated while its loss on the data or the fakes is below
+        ``equilibrium - margin``, nor the decoder while either is above ``equilibrium + margin``
+        (both are updated when both would be skipped).
     """
 
     model: str = "vae"
