@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from resume_helpers import assert_same_training, interrupt_inside_an_epoch
 from vaekit.config import TrainConfig
 from vaekit.data.datasets import Data, Split
 from vaekit.data.spec import DataSpec
@@ -204,23 +205,8 @@ def test_resume_inside_an_epoch_equals_uninterrupted(tmp_path):
     torch.manual_seed(1)
     ref.fit()
     t = make(tmp_path / "b", checkpoint_every=0)
-    calls = {"n": 0}
-    step = t.model.train_step
-
-    def dying(x, **kw):  # a checkpoint at step 10 (inside epoch 2), then killed at step 12
-        calls["n"] += 1
-        if calls["n"] == 10:
-            t.cfg.checkpoint_every = 1e-9
-        if calls["n"] == 11:
-            t.cfg.checkpoint_every = 0
-        if calls["n"] == 12:
-            raise KeyboardInterrupt
-        return step(x, **kw)
-
-    t.model.train_step = dying
     torch.manual_seed(1)
-    with pytest.raises(KeyboardInterrupt):
-        t.fit()
+    interrupt_inside_an_epoch(t, save_at=10, kill_at=12)  # a checkpoint inside epoch 2, then killed
     from safetensors.torch import load_file
 
     saved = load_file(str(tmp_path / "b" / "last.safetensors"))
@@ -229,11 +215,7 @@ def test_resume_inside_an_epoch_equals_uninterrupted(tmp_path):
     r.resume()
     assert r.state["epoch"] == 1 and r.state["epoch_pos"] > 0
     r.fit()
-    for (n, p), q in zip(ref.model.state_dict().items(), r.model.state_dict().values()):
-        assert torch.equal(p, q), n
-    for name in ("autoencoder", "discriminator", "generator"):
-        for a, b in zip(ref.opts[name].exp_avg_sq, r.opts[name].exp_avg_sq):
-            assert torch.equal(a, b)
+    assert_same_training(ref, r, ("autoencoder", "discriminator", "generator"))
 
 
 def test_evaluation_of_the_two_encoders():

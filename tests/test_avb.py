@@ -11,6 +11,7 @@ import torch
 import avb_toy
 from cli_helpers import cli
 from test_trainer import tiny_data
+from resume_helpers import assert_same_training, interrupt_inside_an_epoch
 from vaekit.config import TrainConfig
 from vaekit.errors import UsageError
 from vaekit.models import ModelConfig, build_model
@@ -169,25 +170,12 @@ def test_resume_inside_an_epoch_equals_uninterrupted(tmp_path):
     ref = make(tmp_path / "a", epochs=2)
     ref.fit()
     t = make(tmp_path / "b", epochs=2, checkpoint_every=0)
-    calls = {"n": 0}
-    step = t.model.train_step
-
-    def dying(x, **kw):  # a checkpoint at step 9 (inside epoch 2), then killed at step 11
-        calls["n"] += 1
-        t.cfg.checkpoint_every = 1e-9 if calls["n"] == 9 else 0
-        if calls["n"] == 11:
-            raise KeyboardInterrupt
-        return step(x, **kw)
-
-    t.model.train_step = dying
-    with pytest.raises(KeyboardInterrupt):
-        t.fit()
+    interrupt_inside_an_epoch(t, save_at=9, kill_at=11)  # a checkpoint inside epoch 2, then killed
     r = make(tmp_path / "b", epochs=2)
     r.resume()
     assert r.state["epoch"] == 1 and r.state["epoch_pos"] > 0
     r.fit()
-    for (n, p), q in zip(ref.model.state_dict().items(), r.model.state_dict().values()):
-        assert torch.equal(p, q), n
+    assert_same_training(ref, r)
 
 
 # -- the command line -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from vaekit.models.vae import VAE
 from vaekit.training.steps import AutogradStep, HandDerivedStep, PlayersStep, player_optimizers
 from vaekit.training.trainer import Trainer
 
+from resume_helpers import assert_same_training, interrupt_inside_an_epoch
 from test_trainer import tiny_data
 
 
@@ -129,23 +130,8 @@ def test_resume_inside_an_epoch_with_several_optimizers_equals_uninterrupted(tmp
     torch.manual_seed(1)
     ref.fit()
     t = make(tmp_path / "b", epochs=3, checkpoint_every=0)
-    calls = {"n": 0}
-    step = t.model.train_step
-
-    def dying(x, **kw):  # a checkpoint at step 10 (inside epoch 2), then killed at step 12
-        calls["n"] += 1
-        if calls["n"] == 10:
-            t.cfg.checkpoint_every = 1e-9
-        if calls["n"] == 11:
-            t.cfg.checkpoint_every = 0
-        if calls["n"] == 12:
-            raise KeyboardInterrupt
-        return step(x, **kw)
-
-    t.model.train_step = dying
     torch.manual_seed(1)
-    with pytest.raises(KeyboardInterrupt):
-        t.fit()
+    interrupt_inside_an_epoch(t, save_at=10, kill_at=12)  # a checkpoint inside epoch 2, then killed
     from safetensors.torch import load_file
 
     saved = load_file(str(tmp_path / "b" / "last.safetensors"))
@@ -154,11 +140,7 @@ def test_resume_inside_an_epoch_with_several_optimizers_equals_uninterrupted(tmp
     r.resume()
     assert r.state["epoch"] == 1 and r.state["epoch_pos"] > 0
     r.fit()
-    for (n, p), q in zip(ref.model.state_dict().items(), r.model.state_dict().values()):
-        assert torch.equal(p, q), n
-    for name in ("critic", "vae"):
-        for a, b in zip(ref.opts[name].exp_avg_sq, r.opts[name].exp_avg_sq):
-            assert torch.equal(a, b)
+    assert_same_training(ref, r, ("critic", "vae"))
 
 
 def test_a_critic_that_wins_a_whole_epoch_is_reported(tmp_path, capsys):

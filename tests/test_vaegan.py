@@ -11,6 +11,7 @@ import torch
 
 from cli_helpers import cli
 from test_trainer import tiny_data
+from resume_helpers import assert_same_training, interrupt_inside_an_epoch
 from vaekit.config import TrainConfig
 from vaekit.models import ModelConfig, build_model
 from vaekit.models.vaegan import VAEGAN, equilibrium_rule
@@ -172,29 +173,13 @@ def test_resume_inside_an_epoch_equals_uninterrupted(tmp_path):
     torch.manual_seed(1)
     ref.fit()
     t = trainer(tmp_path / "b", epochs=3, checkpoint_every=0)
-    calls = {"n": 0}
-    step = t.model.train_step
-
-    def dying(x, **kw):  # a checkpoint after step 9 (inside epoch 2), then killed at step 12
-        calls["n"] += 1
-        t.cfg.checkpoint_every = 1e-9 if calls["n"] == 10 else 0
-        if calls["n"] == 12:
-            raise KeyboardInterrupt
-        return step(x, **kw)
-
-    t.model.train_step = dying
     torch.manual_seed(1)
-    with pytest.raises(KeyboardInterrupt):
-        t.fit()
+    interrupt_inside_an_epoch(t, save_at=10, kill_at=12)  # a checkpoint inside epoch 2, then killed
     r = trainer(tmp_path / "b", epochs=3)
     r.resume()
     assert r.state["epoch"] == 1 and r.state["epoch_pos"] > 0
     r.fit()
-    for (n, p), q in zip(ref.model.state_dict().items(), r.model.state_dict().values()):
-        assert torch.equal(p, q), n
-    for name in PLAYERS:
-        for a, b in zip(ref.opts[name].exp_avg_sq, r.opts[name].exp_avg_sq):
-            assert torch.equal(a, b)
+    assert_same_training(ref, r, PLAYERS)
 
 
 @pytest.fixture(scope="module")
