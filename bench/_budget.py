@@ -35,3 +35,34 @@ def fit_within(trainer, budget_s: float, *, whole_epochs: bool = False) -> tuple
     speeds = [r["samples_per_s"] for r in hist[1:]] or [r["samples_per_s"] for r in hist]
     return trainer.eval_model.eval(), {"epochs": len(hist), "seconds": time.perf_counter() - t0,
                                        "examples_per_s": float(np.median(speeds))}
+
+
+def train_within(opts: dict, data, budget_s: float, seed: int) -> tuple[torch.nn.Module, dict]:
+    """Build the model of the flat config ``opts`` (``vaekit.config.make_config`` keywords) for
+    ``data`` and train it for ``budget_s`` seconds in whole epochs: (the evaluated weights, the
+    ``fit_within`` stats with "seconds" rounded and, for a model that logs one, the last epoch's
+    "critic_acc")."""
+    from vaekit.config import make_config
+    from vaekit.models import build_model
+    from vaekit.training.trainer import Trainer
+
+    cfg = make_config(None, **opts)
+    torch.manual_seed(seed)
+    trainer = Trainer(build_model(cfg.model, data.spec), data, cfg.train, None, progress=False)
+    model, stats = fit_within(trainer, budget_s, whole_epochs=True)
+    stats["seconds"] = round(stats["seconds"], 1)
+    last = trainer.history[-1] if trainer.history else {}
+    if "train_critic_acc" in last:
+        stats["critic_acc"] = last["train_critic_acc"]
+    return model, stats
+
+
+def mnist(data_dir, train_limit: int | None = None):
+    """MNIST from ``data_dir``/mnist (no download), its training split cut to ``train_limit``."""
+    import dataclasses
+    from pathlib import Path
+
+    from vaekit.data.datasets import load_data
+
+    d = load_data("mnist", data_dir=str(Path(data_dir) / "mnist"), download=False)
+    return dataclasses.replace(d, train=d.train[:train_limit]) if train_limit else d

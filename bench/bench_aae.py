@@ -29,7 +29,6 @@ bench/results/aae.json, so runs can be made in separate sessions with --runs).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -41,17 +40,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _budget import fit_within  # noqa: E402
+from _budget import mnist, train_within  # noqa: E402
 from vaekit.apps.feature_net import reference_feature_net
 from vaekit.apps.generate import sample
 from vaekit.apps.sample_quality import describe, embed_all, frechet_distance, precision_recall
-from vaekit.config import make_config
-from vaekit.data.datasets import Data, load_data
+from vaekit.data.datasets import Data
 from vaekit.figures import save_samples
 from vaekit.metrics import evaluate
-from vaekit.models import build_model
 from vaekit.report import prior_code_mmd
-from vaekit.training.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("VAEKIT_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
@@ -62,10 +58,7 @@ RUNS = {"vae": ("vae", "standard-normal", False), "aae": ("aae", "standard-norma
 
 
 def load(args: argparse.Namespace) -> Data:
-    d = load_data("mnist", data_dir=str(args.data_dir / "mnist"), download=False)
-    if args.train_limit:
-        d = dataclasses.replace(d, train=d.train[:args.train_limit])
-    return d
+    return mnist(args.data_dir, args.train_limit)
 
 
 def train_one(name: str, d: Data, args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
@@ -77,14 +70,7 @@ def train_one(name: str, d: Data, args: argparse.Namespace) -> tuple[torch.nn.Mo
         opts["encoder"] = args.encoder
         if args.critic_hidden:
             opts["critic_hidden"] = args.critic_hidden
-    cfg = make_config(None, **opts)
-    torch.manual_seed(args.seed)
-    m = build_model(cfg.model, d.spec)
-    trainer = Trainer(m, d, cfg.train, None, progress=False)
-    m, stats = fit_within(trainer, args.budget_min * 60.0, whole_epochs=True)
-    last = trainer.history[-1] if trainer.history else {}
-    extra = {"critic_acc": last.get("train_critic_acc")} if model == "aae" else {}
-    return m, {**stats, "seconds": round(stats["seconds"], 1), **extra}
+    return train_within(opts, d, args.budget_min * 60.0, args.seed)
 
 
 @torch.no_grad()

@@ -23,7 +23,6 @@ sessions); the table is bench/results/avb.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -39,16 +38,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the toy problem lives beside AVB's tests
 import avb_toy  # noqa: E402
-from _budget import fit_within  # noqa: E402
+from _budget import mnist, train_within  # noqa: E402
 from vaekit.ais import ais_log_px  # noqa: E402
 from vaekit.apps.feature_net import reference_feature_net  # noqa: E402
 from vaekit.apps.generate import sample  # noqa: E402
 from vaekit.apps.sample_quality import describe, embed_all, frechet_distance, precision_recall  # noqa: E402
-from vaekit.config import make_config  # noqa: E402
-from vaekit.data.datasets import Data, load_data  # noqa: E402
+from vaekit.data.datasets import Data  # noqa: E402
 from vaekit.metrics import evaluate  # noqa: E402
-from vaekit.models import build_model  # noqa: E402
-from vaekit.training.trainer import Trainer  # noqa: E402
 
 SHARED = Path(os.environ.get("VAEKIT_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 RESULTS = HERE / "results"
@@ -56,10 +52,7 @@ RUNS = {"vae": ("vae", None), "avb": ("avb", True), "avb-noac": ("avb", False)}
 
 
 def load(args: argparse.Namespace) -> Data:
-    d = load_data("mnist", data_dir=str(args.data_dir / "mnist"), download=False)
-    if args.train_limit:
-        d = dataclasses.replace(d, train=d.train[:args.train_limit])
-    return d
+    return mnist(args.data_dir, args.train_limit)
 
 
 def train_one(name: str, d: Data, args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
@@ -72,14 +65,7 @@ def train_one(name: str, d: Data, args: argparse.Namespace) -> tuple[torch.nn.Mo
         opts["adaptive_contrast"] = ac
         if args.critic_hidden:
             opts["critic_hidden"] = args.critic_hidden
-    cfg = make_config(None, **opts)
-    torch.manual_seed(args.seed)
-    m = build_model(cfg.model, d.spec)
-    trainer = Trainer(m, d, cfg.train, None, progress=False)
-    m, stats = fit_within(trainer, args.budget_min * 60.0, whole_epochs=True)
-    last = trainer.history[-1] if trainer.history else {}
-    extra = {"critic_acc": last.get("train_critic_acc")} if model == "avb" else {}
-    return m, {**stats, "seconds": round(stats["seconds"], 1), **extra}
+    return train_within(opts, d, args.budget_min * 60.0, args.seed)
 
 
 def score(model: torch.nn.Module, d: Data, ref: torch.nn.Module, real: np.ndarray, args: argparse.Namespace) -> dict:

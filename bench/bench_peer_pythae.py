@@ -67,6 +67,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(HERE))
+from bench_seed import cpu_name  # noqa: E402  (the machine line every bench writes)
 
 ENV_DIR = HERE / ".envs" / "pythae"
 ENV_PY = ENV_DIR / "bin" / "python"
@@ -106,16 +108,6 @@ def env_versions() -> dict[str, str]:
         return {p["name"].lower(): p["version"] for p in json.loads(out.stdout)}
     except (json.JSONDecodeError, KeyError, TypeError):
         return {}
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def vaekit_cmd() -> list[str]:
@@ -240,7 +232,7 @@ def table(args, results: dict, data_n: int, scorer: Scorer, versions: dict) -> s
     lines = [
         f"## AAE and VAE-GAN on MNIST: vaekit against pythae {versions.get('pythae', '0.1.2')} ({now})", "",
         f"Command: `.venv/bin/python bench/bench_peer_pythae.py {shlex.join(sys.argv[1:])}`  ",
-        f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads; {platform.platform()}; "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads; {platform.platform()}; "
         f"torch {torch.__version__} (vaekit) / {versions.get('torch', '?')} (pythae env), pythae "
         f"{versions.get('pythae', '?')}, pydantic {versions.get('pydantic', '?')}, numpy {versions.get('numpy', '?')} "
         "in bench/.envs/pythae.  ",
@@ -349,7 +341,7 @@ def main() -> None:
         if "vaekit" in sides:
             results[model]["vaekit"] = run_vaekit(args, model, work)
     raw = {"argv": sys.argv[1:], "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "cpu": cpu_model(), "cores": os.cpu_count(), "pythae_env": versions, "results": results}
+           "cpu": cpu_name(), "cores": os.cpu_count(), "pythae_env": versions, "results": results}
     (work / "results.json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
     text = table(args, results, len(train_x), scorer, versions)
     out = Path(args.results)
