@@ -189,9 +189,11 @@ class VAEGAN(VAE):
         x_tilde = self.likelihood.mean(params)
         z_p = self.prior.sample(b, device=x.device, dtype=x.dtype)
         x_p = self.decode_mean(z_p)
-        logits, feats = self.discriminator(torch.cat([x, x_tilde.to(x.dtype), x_p.to(x.dtype)]))
-        l_real, l_tilde, l_p = logits[:b], logits[b:2 * b], logits[2 * b:]
-        feature_recon = self._feature_recon(feats[:b], feats[b:2 * b])
+        # the real images apart: no generator's backward pass then runs through their rows
+        l_real, f_real = self.discriminator(x)
+        logits, feats = self.discriminator(torch.cat([x_tilde.to(x.dtype), x_p.to(x.dtype)]))
+        l_tilde, l_p = logits[:b], logits[b:]
+        feature_recon = self._feature_recon(f_real, feats[:b])
         kl, kl_term = self._kl(mu, logvar, z)
         real_bce = F.softplus(-l_real).mean()  # BCE(Dis(x), 1)
         fake_tilde, fake_p = F.softplus(l_tilde).mean(), F.softplus(l_p).mean()  # BCE(Dis(.), 0)
