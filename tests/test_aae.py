@@ -156,6 +156,50 @@ def test_each_phase_moves_only_its_players_parameters(phase, moves):
         assert (not torch.equal(before[n], p.detach())) == (n.split(".")[0] in moves), n
 
 
+def test_joint_phases_make_two_updates_with_the_generator_loss_in_the_autoencoders():
+    """--phases joint: players autoencoder and discriminator only; per batch the autoencoder's update
+    (which must carry the generator loss: scaling the discriminator's logit layer changes it) then
+    the discriminator's; and the codes still come to match the prior."""
+    data = tiny_data()
+    torch.manual_seed(0)
+    m = aae(data, phases="joint")
+    calls = []
+    only_players(m, {"autoencoder", "discriminator"}, calls)
+    t = trainer(m, data, epochs=1, weight_average=0)
+    assert set(t.opts) == {"autoencoder", "discriminator"}
+    t.fit()
+    assert calls[:4] == ["autoencoder", "discriminator"] * 2
+
+    def encoder_step(scale):
+        torch.manual_seed(1)
+        m = aae(data, phases="joint")
+        with torch.no_grad():
+            m.discriminator[-1].weight.mul_(scale)
+        grads = {}
+
+        def update(player, loss, **k):
+            if player == "autoencoder":
+                grads["enc"] = torch.autograd.grad(loss, list(m.encoder.parameters()), retain_graph=True)
+            return True
+        torch.manual_seed(2)
+        m.train_step(data.train.x[:16], update=update)
+        return grads["enc"]
+    assert any(not torch.allclose(a, b) for a, b in zip(encoder_step(1.0), encoder_step(5.0)))
+    with pytest.raises(UsageError, match="--phases must be one of"):
+        aae(data, phases="together")
+    with pytest.raises(UsageError, match="--phases is an option of --model aae"):
+        build_model(ModelConfig(model="vae", hidden=[32], latent_dim=4, phases="joint"), data.spec)
+
+    blob = blobs()
+    torch.manual_seed(0)
+    m = aae(blob, hidden=[64], latent_dim=2, critic_hidden=[64, 64], prior="gmm-ring", phases="joint")
+    untrained = prior_code_mmd(m, blob.test, seed=0)["prior_mmd"]
+    t = trainer(m, blob, epochs=20, batch_size=64, lr=2e-3)
+    t.fit()
+    got = prior_code_mmd(t.eval_model, blob.test, seed=0)["prior_mmd"]
+    assert got < 0.1 and got < 0.2 * untrained, (got, untrained)
+
+
 def test_training_logs_the_adversarial_terms_and_keeps_the_last_epoch():
     data = tiny_data()
     torch.manual_seed(0)

@@ -17,6 +17,12 @@ own Adam (``training.steps.PlayersStep``):
    minimises -log D(z_code) on the same codes, scored by the updated discriminator (the
    non-saturating generator loss of Goodfellow et al. 2014, as in the paper's code).
 
+``--phases joint`` trades the paper's order for speed: one forward pass per batch, the autoencoder
+minimising reconstruction + generator loss in one update (the discriminator as it stood), then the
+discriminator's update on the same (detached) codes -- the schedule of pythae 0.1.2's
+``Adversarial_AE`` and of most AAE code, with two backward passes instead of three and one encoder
+forward pass instead of two.
+
 Codes: ``--encoder deterministic`` (z = mu, the encoder's log-variance head is unused) or
 ``gaussian`` (z = mu + sigma * eps, the paper's second choice). A Gaussian encoder still has a
 q(z|x), so the run reports the ELBO under the prior (the KL is analytic for N(0, I), Monte Carlo
@@ -46,6 +52,7 @@ from .base import MODEL_OPTIONS, MODELS, ModelConfig
 from .vae import VAE
 
 MODEL_OPTIONS["encoder"].add("aae")
+MODEL_OPTIONS["phases"].add("aae")
 MODEL_OPTIONS["critic_hidden"].add("aae")
 
 #: The discriminator's hidden widths when --critic-hidden is not given (Makhzani et al.'s MNIST nets).
@@ -82,6 +89,9 @@ class AAE(VAE):
         """autoencoder (encoder + decoder: the reconstruction phase), discriminator, and generator
         (the encoder's parameters again, with its own Adam: the regularisation phase)."""
         enc = list(self.encoder.parameters())
+        if self.config.phases == "joint":  # the encoder's two roles in one update
+            return {"autoencoder": {"params": enc + list(self.decoder.parameters())},
+                    "discriminator": {"params": list(self.discriminator.parameters()), "betas": ADVERSARIAL_BETAS}}
         return {"autoencoder": {"params": enc + list(self.decoder.parameters())},
                 "discriminator": {"params": list(self.discriminator.parameters()), "betas": ADVERSARIAL_BETAS},
                 "generator": {"params": enc, "shared": True, "betas": ADVERSARIAL_BETAS}}
@@ -119,11 +129,20 @@ class AAE(VAE):
     def train_step(self, x: torch.Tensor, *, update: Callable[..., bool], kl_weight: float = 1.0
                    ) -> dict[str, torch.Tensor]:
         """One mini-batch in the paper's order: reconstruction phase, then the regularisation phase
-        (discriminator, then generator). ``kl_weight`` is ignored (no KL term)."""
+        (discriminator, then generator); with ``--phases joint`` the autoencoder on reconstruction +
+        generator loss, then the discriminator. ``kl_weight`` is ignored (no KL term)."""
         mu, logvar = self.encoder(x)
         z = self._code(mu, logvar)
         recon = -self.likelihood.log_prob(self.decoder(z), x).mean()
         out = self._reported(x, mu, logvar, z, recon)
+        if self.config.phases == "joint":
+            g_loss = self._generator_loss(z)
+            update("autoencoder", recon + g_loss)
+            prior_z = self.prior.sample(len(x), device=x.device, dtype=z.dtype)
+            d_loss, acc = self._adversarial(prior_z, z.detach())
+            update("discriminator", d_loss)
+            return {"loss": recon.detach(), **out, "disc_loss": d_loss.detach(), "gen_loss": g_loss.detach(),
+                    "critic_acc": acc.detach()}
         update("autoencoder", recon)
         # regularisation phase, on codes of the encoder as the reconstruction phase left it
         codes = self.codes(x)

@@ -26,10 +26,12 @@ CONDITIONAL_PRIOR: set[str] = set()
 ON_FEATURES: dict[str, type] = {}
 #: Options that only some models read, by ModelConfig field: the models that read it (filled by
 #: the model modules); setting one away from its default for another model is refused.
-MODEL_OPTIONS: dict[str, set[str]] = {"encoder": set(), "critic_hidden": set(), "adaptive_contrast": set(),
+MODEL_OPTIONS: dict[str, set[str]] = {"encoder": set(), "phases": set(), "critic_hidden": set(), "adaptive_contrast": set(),
                                       "gamma": set(), "equilibrium": set(), "margin": set()}
 #: How an adversarial autoencoder's encoder draws its code (``ModelConfig.encoder``).
 ENCODER_KINDS = ("gaussian", "deterministic")
+#: How an adversarial autoencoder orders its updates (``ModelConfig.phases``).
+AAE_PHASES = ("paper", "joint")
 #: Gradient estimators of the IWAE bound (see ``ModelConfig.gradient_estimator``).
 GRADIENT_ESTIMATORS = ("reparam", "dreg")
 
@@ -65,6 +67,10 @@ class ModelConfig:
         adversarial autoencoder's ring of 10 Gaussians).
     encoder: adversarial autoencoders (``models.aae``): "gaussian" (z = mu + sigma * eps) or
         "deterministic" (z = mu).
+    phases: adversarial autoencoders: "paper" (three updates per batch: reconstruction, then the
+        discriminator, then the encoder as generator, each on a fresh forward pass) or "joint" (one
+        forward pass; the autoencoder minimises reconstruction + generator loss in one update, then
+        the discriminator is updated: pythae's schedule, about half the arithmetic).
     critic_hidden: hidden widths of the second player (the AAE's discriminator on z, AVB's
         adversary T(x, z), the VAE-GAN's discriminator on x: MLP widths, or conv channels for
         --arch conv); None picks the model's default.
@@ -94,6 +100,7 @@ class ModelConfig:
     alpha: float = 1.0
     given: str | None = None
     encoder: str = "gaussian"
+    phases: str = "paper"
     critic_hidden: list[int] | None = None
     adaptive_contrast: bool = True
     gamma: float = 1e-2
@@ -145,6 +152,8 @@ class ModelConfig:
             raise UsageError(f"--prior: {PRIORS.unknown_message(cfg.prior)}")
         if cfg.encoder not in ENCODER_KINDS:
             raise UsageError(f"--encoder must be one of {', '.join(ENCODER_KINDS)}, got {cfg.encoder!r}")
+        if cfg.phases not in AAE_PHASES:
+            raise UsageError(f"--phases must be one of {', '.join(AAE_PHASES)}, got {cfg.phases!r}")
         if cfg.critic_hidden is not None and (not cfg.critic_hidden or any(int(h) <= 0 for h in cfg.critic_hidden)):
             raise UsageError(f"--critic-hidden needs positive integers, got {cfg.critic_hidden}")
         defaults = ModelConfig()
