@@ -217,6 +217,12 @@ def test_cli_refuses_what_needs_a_density(avb_run, capsys):
     assert code == 2 and "--score elbo" in err and not (avb_run / "scores.csv").exists()
     code, _, err = cli(capsys, "detect", run, "--score", "elbo", "--out", avb_run / "scores.csv")
     assert code == 0, err
+    # asked of train, refused before any training (it used to fail only at the final evaluation)
+    out = avb_run / "iw"
+    code, _, err = cli(capsys, "train", "--data", "digits", "--model", "avb", "--iw-samples", "10", "--epochs", "1",
+                       "--out", out)
+    assert code == 2 and "--iw-samples" in err and "--ais" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
 
 
 def test_cli_adaptive_contrast_off_and_refused_for_a_vae(tmp_path, capsys):

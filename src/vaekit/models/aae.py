@@ -83,6 +83,8 @@ class AAE(VAE):
         self.deterministic = config.encoder == "deterministic"
         if self.deterministic:
             self.has_elbo = False  # no q(z|x) density: evaluation reports reconstruction and code statistics
+            self.no_density = ("an AAE with a deterministic encoder has no q(z|x) to importance-sample from "
+                               "(--iw-samples, --score nll); estimate -log p(x) with vaekit evaluate RUN --ais instead")
 
     # -- players ---------------------------------------------------------------------------------
     def players(self) -> dict[str, dict[str, Any]]:
@@ -178,6 +180,5 @@ class AAE(VAE):
     def log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Importance weights from q(z|x) (Gaussian encoder); a deterministic encoder has no q(z|x)."""
         if self.deterministic:
-            raise UsageError("an AAE with a deterministic encoder has no q(z|x) to importance-sample from "
-                             "(--iw-samples, --score nll); estimate -log p(x) with vaekit evaluate RUN --ais instead")
+            raise UsageError(self.no_density)
         return super().log_weights(x, k)

@@ -159,6 +159,7 @@ class AVB(VAE):
     extra_terms = ("adversary_loss", "critic_acc")
     critic_accuracy = "critic_acc"
     selection_metric = "last"
+    no_density = _NO_DENSITY
     elbo_note = ("ELBO with AVB's adversary estimating the KL: an estimate, not a bound; "
                  "compare models by --ais")
 

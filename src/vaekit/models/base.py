@@ -205,6 +205,8 @@ class BaseModel(nn.Module):
     has_elbo: bool = True
     #: how this model's ELBO is estimated, when it is not the usual one-sample value (shown in evaluations)
     elbo_note: str | None = None
+    #: why this model has no importance weights (no q(z|x) density: --iw-samples, --score nll); None: it has
+    no_density: str | None = None
     labelled_per_batch: float = 0
     selection_metric: str | None = None
     extra_terms: tuple[str, ...] = ()

@@ -104,6 +104,8 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, data: Data, cfg: TrainConfig, run_dir: Path | None = None,
                  *, progress: bool = True, callbacks: list[Callable[["Trainer", dict[str, Any]], None]] | None = None) -> None:
         check_config(cfg)
+        if cfg.iw_samples and getattr(model, "no_density", None):
+            raise UsageError(f"--iw-samples: {model.no_density}")
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
@@ -257,6 +259,8 @@ class Trainer:
         names = self._term_names()
         if not terms:
             return {k: math.nan for k in names}
+        # terms this model never returns (a deterministic AAE's elbo and kl) are left out, not NaN
+        names = tuple(k for k in names if any(k in row for row in terms))
         t = torch.stack([torch.stack([row.get(k, torch.tensor(math.nan, device=self.device)).reshape(())
                                       for k in names]) for row in terms]).double()  # (steps, terms)
         w = torch.tensor(sizes, dtype=torch.float64, device=t.device)
@@ -324,8 +328,8 @@ class Trainer:
             sizes.append(len(b))
             if self.progress and self.state["step"] % 50 == 0:
                 s = self._mean_terms(terms[-50:], sizes[-50:])
-                bar.set_postfix(loss=f"{s['loss']:.2f}", elbo=f"{s['elbo']:.2f}", kl=f"{s['kl']:.2f}",
-                                ex_s=f"{sum(sizes) / (time.perf_counter() - t0):.0f}", refresh=False)
+                shown = {k: f"{s[k]:.2f}" for k in ("loss", "elbo", "kl") if k in s}
+                bar.set_postfix(**shown, ex_s=f"{sum(sizes) / (time.perf_counter() - t0):.0f}", refresh=False)
         queued = step.end_epoch()
         if queued is not None:
             self.state["step"] -= queued["skipped"]
@@ -406,7 +410,7 @@ class Trainer:
         if metric == "last":
             val = float(epoch)
         else:
-            val = rec.get(metric, rec["train_elbo"] if not len(self.data.val) else math.nan)
+            val = rec.get(metric, rec.get("train_elbo", math.nan) if not len(self.data.val) else math.nan)
         improved = math.isfinite(val) and (val > st["best_val"] or not len(self.data.val))
         if improved:
             st.update(best_val=val, best_epoch=epoch, since_best=0)
