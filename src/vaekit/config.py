@@ -42,6 +42,18 @@ class DataConfig:
     label_seed: int = 0
     #: a trained run whose encoder maps the data to features (posterior means) first: M1+M2.
     features: str | None = None
+    #: a series (CSV or .npy) is cut into windows of this many rows (None: not a series)...
+    window: int | None = None
+    #: ... starting every this many rows.
+    stride: int = 1
+    #: series with a label column: rows labelled anomalous are masked out of training (Donut's modified ELBO)
+    mask_anomalies: bool = True
+    #: sentences, one a line: "char" or "word" tokens (None: not text)
+    tokens: str | None = None
+    #: keep the most frequent N tokens (specials included); the rest become <unk>
+    vocab_size: int | None = None
+    #: pad or cut sentences to this many tokens (default: the longest training sentence + <eos>)
+    max_len: int | None = None
 
 
 @dataclass

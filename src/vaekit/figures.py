@@ -144,7 +144,7 @@ def save_image_grid(path: PathLike, images: Any, nrow: int | None = None, upscal
 
 # -- reconstructions and samples ------------------------------------------------------------------
 def save_reconstructions(path: PathLike, x: Any, x_hat: Any, n: int = 16, *, kind: str | None = None,
-                         ncol: int = 8) -> Path:
+                         ncol: int = 8, sequence: bool = False) -> Path:
     """Originals ``x`` and their reconstructions ``x_hat`` (same shape, data units), first ``n``.
 
     Images (N, C, H, W): blocks of two rows, originals (upper row) directly above their
@@ -155,6 +155,9 @@ def save_reconstructions(path: PathLike, x: Any, x_hat: Any, n: int = 16, *, kin
     xa, xb = _np(x), _np(x_hat)
     if xa.shape != xb.shape:
         raise ValueError(f"x and x_hat differ in shape: {xa.shape} vs {xb.shape}")
+    if sequence:  # sequences: originals solid, reconstructions dashed
+        return save_series(path, xa, xb, n=min(n, 8), title="originals (solid) and reconstructions (dashed)",
+                           labels=("original", "reconstruction"))
     n = max(1, min(n, len(xa)))
     xa, xb = xa[:n], xb[:n]
     rng = _display_range(xa, kind)  # from the originals, so both rows share one scale
@@ -198,12 +201,46 @@ def _save_table_recon(path: PathLike, xa: np.ndarray, xb: np.ndarray, rng: tuple
     return _save_figure(path, fig)
 
 
+def save_series(path: PathLike, x: Any, x_hat: Any = None, *, n: int = 8, max_channels: int = 4,
+                title: str = "", labels: tuple[str, str] = ("data", "model")) -> Path:
+    """Sequences (N, T, D) as line plots, one panel per sequence (first ``n``), its first
+    ``max_channels`` channels in their own colours; with ``x_hat`` (same shape) each panel overlays
+    it dashed (a reconstruction against its original)."""
+    a = _np(x)
+    b = None if x_hat is None else _np(x_hat)
+    if a.ndim != 3 or (b is not None and b.shape != a.shape):
+        raise ValueError(f"series plots take (N, T, D) arrays, got {a.shape}" + ("" if b is None else f" and {b.shape}"))
+    n = max(1, min(n, len(a)))
+    d = max(1, min(max_channels, a.shape[2]))
+    cols = 2 if n > 1 else 1
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(5.0 * cols, 1.6 * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).reshape(-1)
+    t = np.arange(a.shape[1])
+    for i, ax in enumerate(axes):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        for j in range(d):
+            ax.plot(t, a[i, :, j], color=f"C{j}", lw=1.0, label=f"{labels[0]} ch {j}" if i == 0 else None)
+            if b is not None:
+                ax.plot(t, b[i, :, j], color=f"C{j}", lw=1.0, ls="--", label=f"{labels[1]} ch {j}" if i == 0 else None)
+        ax.tick_params(labelsize=7)
+    if b is not None or d > 1:
+        axes[0].legend(fontsize=6, ncol=2)
+    fig.suptitle(title or f"{n} of {len(a)} sequences, first {d} of {a.shape[2]} channels", fontsize=9)
+    return _save_figure(path, fig)
+
+
 def save_samples(path: PathLike, samples: Any, *, kind: str | None = None, reference: Any = None,
-                 max_dims: int = 4, nrow: int | None = None) -> Path:
+                 max_dims: int = 4, nrow: int | None = None, sequence: bool = False) -> Path:
     """Generated examples: an image grid for images (N, C, H, W); for tables (N, D) a pair plot
     of the first ``max_dims`` features (histograms on the diagonal, scatter elsewhere), with
-    optional ``reference`` data (real examples, same D) drawn underneath for comparison."""
+    optional ``reference`` data (real examples, same D) drawn underneath for comparison;
+    ``sequence``: (N, T, D) sequences as line plots (``save_series``)."""
     a = _np(samples)
+    if sequence:
+        return save_series(path, a, title=f"{min(8, len(a))} of {len(a)} generated sequences (data units)")
     if _as_images(a) is not None:
         return save_image_grid(path, a, nrow=nrow, kind=kind)
     a = a.reshape(len(a), -1)

@@ -236,7 +236,10 @@ def evaluate(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000, iw_
       ``nll`` (only with ``iw_samples`` = K): -log p(x) estimated with K importance samples from
       q(z|x) (Burda et al. 2015; an upper bound in expectation, tightening as K grows), and
       ``nll_std_err`` (over examples; excludes the estimator's own bias);
-      ``bits_per_dim``: ``nll`` if present else -``elbo``, divided by spec.dim * ln 2;
+      ``bits_per_dim``: ``nll`` if present else -``elbo``, divided by spec.dim * ln 2 (by the
+      observed values per example when the data carry a mask: sequences, padding);
+      ``perplexity`` (sentences): exp(``nll`` (else -``elbo``) per token, <eos> included), with
+      ``tokens`` (how many) and ``perplexity_from``;
       ``active_units``: latent dims with Var_x(E_q[z_d]) > 0.01 over all of ``x`` (Burda et al.),
       ``posterior_mean_var``: that variance per dim (list of D), ``kl_per_dim``: mean KL per
       dim (list of D; with ``kl_extra`` it sums to ``kl``), ``kl_extra``: the KL
@@ -277,8 +280,14 @@ def evaluate(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000, iw_
         res["elbo_note"] = note
     if nll is not None:
         res["nll"], res["nll_std_err"] = _mean_and_se(nll)
+    # values scored per example: all of them, or the observed ones where a mask leaves some out
+    per_example = float(x.mask.sum()) / n if x.mask is not None else model.spec.dim
     if "nll" in res or "elbo" in res:
-        res["bits_per_dim"] = res.get("nll", -res.get("elbo", math.nan)) / (model.spec.dim * math.log(2.0))
+        res["bits_per_dim"] = res.get("nll", -res.get("elbo", math.nan)) / (max(per_example, 1e-12) * math.log(2.0))
+    if model.spec.kind == "tokens" and ("nll" in res or "elbo" in res):  # sentences: per-token perplexity
+        res["tokens"] = int(round(per_example * n))
+        res["perplexity"] = math.exp(res.get("nll", -res.get("elbo", math.nan)) / max(per_example, 1e-12))
+        res["perplexity_from"] = "nll" if "nll" in res else "elbo (an upper bound)"
     res["active_units"] = int((mu_var > ACTIVE_UNIT_THRESHOLD).sum())
     res["posterior_mean_var"] = [float(v) for v in mu_var]
     if "kl" in t:

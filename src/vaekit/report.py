@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import UsageError
-from .io import write_json
+from .io import write_json, write_text
 from .numerics import fork_rng
 
 if TYPE_CHECKING:
@@ -144,14 +144,27 @@ def write_figures(run: "Run", res: dict[str, Any]) -> None:
         records = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         return write_completion_figures(run.dir, run.model, run.data.test.x, records, res, seed=run.config.train.seed)
     model, d = run.model, run.dir
+    if model.spec.kind == "tokens":  # sentences: samples.txt instead of pictures of token ids
+        from .data.text import ids_to_text
+
+        with torch.no_grad(), fork_rng(model.device):
+            torch.manual_seed(run.config.train.seed)
+            ids = model.generate_tokens(model.prior_sample(20), greedy=True)
+        write_text(d / "samples.txt", "\n".join(ids_to_text(ids, None, run.data.source["vocab"], run.data.source["tokens"])) + "\n")
+        records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        fig.save_training_curves(d / "training_curves.png", records)
+        if "kl_per_dim" in res:
+            fig.save_kl_per_dim(d / "kl_per_dim.png", res["kl_per_dim"], posterior_mean_var=res.get("posterior_mean_var"))
+        return
     b = run.data.test[:32].to(model.device)  # conditional models read the examples' labels or conditions
     with torch.no_grad(), fork_rng(model.device):
         torch.manual_seed(run.config.train.seed)
         kind = model.spec.kind
         fig.save_reconstructions(d / "reconstructions.png", b.x.cpu(), model.reconstruct(b.x, **model_inputs(model, b)).cpu(),
-                                 kind=kind)
+                                 kind=kind, sequence=model.spec.is_sequence)
         samples, _, nrow = figure_samples(model, run.data.test, seed=None)  # per class: one row each
-        fig.save_samples(d / "samples.png", samples, kind=kind, reference=run.data.test.x[:500], nrow=nrow)
+        fig.save_samples(d / "samples.png", samples, kind=kind, reference=run.data.test.x[:500], nrow=nrow,
+                         sequence=model.spec.is_sequence)
     records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
     fig.save_training_curves(d / "training_curves.png", records)
     if "kl_per_dim" in res:  # (a model with no tractable q(z|x) has no KL term)

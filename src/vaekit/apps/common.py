@@ -114,6 +114,9 @@ def to_original_units(x: Any, source: dict[str, Any]) -> np.ndarray:
     """Model-space values (N, *shape) -> the user's units, (N, *shape) float64: tables that were
     standardised for training get the training mean and std back; other data are unchanged."""
     a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    scaler = source.get("scaler")  # sequences: per-channel scaling of the last axis
+    if scaler:
+        return a * np.asarray(scaler["std"]) + np.asarray(scaler["mean"])
     std = source.get("standardize")
     if std:
         flat = a.reshape(len(a), -1) * np.asarray(std["std"]) + np.asarray(std["mean"])
@@ -165,6 +168,10 @@ def write_examples(path: str | Path, x: torch.Tensor, spec: DataSpec, source: di
     ext = p.suffix.lower()
     a = to_original_units(x, source)
     if ext == ".png":
+        if spec.is_sequence:  # line plots of the sequences
+            from ..figures import save_series
+
+            return save_series(p, a, n=min(len(a), 16), title=f"{len(a)} sequences (first {min(len(a), 16)} shown)")
         if not spec.is_image:
             raise UsageError(f"{p}: a PNG grid needs image data; this model's examples are vectors of {spec.dim}; "
                              "use .csv, .npy or .npz")

@@ -122,7 +122,10 @@ def reconstruct(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000
     for i in range(0, len(b), batch_size):
         part = b[i:i + batch_size].to(model.device)
         xb, cond = part.x, model_inputs(model, part)
-        if cond and not hasattr(model, "decode_params"):  # a conditional model without raw parameters
+        if getattr(model, "autoregressive", False):  # sequences: one-step-ahead means, teacher-forced by x
+            mu, _ = model.encode(xb, **cond)
+            xh, nl = model.reconstruct(xb, **cond), -model.log_likelihood(xb, mu, **cond)
+        elif cond and not hasattr(model, "decode_params"):  # a conditional model without raw parameters
             mu, _ = model.encode(xb, **cond)
             xh, nl = model.reconstruct(xb, **cond), -model.decode(mu, **cond).log_prob(xb)
         else:
@@ -130,6 +133,10 @@ def reconstruct(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000
             params = model.decode_params(mu, **cond) if cond else model.decoder(mu)
             xh, nl = model.likelihood.mean(params), -model.likelihood.log_prob(params, xb)
         x_hat.append(xh.cpu())
-        sq.append((xh - xb).pow(2).flatten(1).mean(1).cpu())
+        if part.mask is None:
+            sq.append((xh - xb).pow(2).flatten(1).mean(1).cpu())
+        else:  # observed values only
+            m = part.mask.to(xh.dtype)
+            sq.append(((xh - xb).pow(2) * m).flatten(1).sum(1).div(m.flatten(1).sum(1).clamp(min=1)).cpu())
         nll.append(nl.cpu())
     return torch.cat(x_hat), {"sq_error": torch.cat(sq), "recon_nll": torch.cat(nll)}

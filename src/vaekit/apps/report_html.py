@@ -72,9 +72,12 @@ def _sections(run: LoadedRun, test: Split, tmp: Path) -> dict[str, Path | None]:
     cond = getattr(model, "batch_fields", ())
     with seeded(run.config.train.seed):
         x_hat, _ = reconstruct(model, b[:16])
-        out["recon"] = save_reconstructions(tmp / "recon.png", x[:16], x_hat, n=16, kind=spec.kind)
-        xs, _, nrow = figure_samples(model, b, n=64 if spec.is_image else 500, seed=None, mean=spec.is_image)
-        out["samples"] = save_samples(tmp / "samples.png", xs, kind=spec.kind, reference=x[:500], nrow=nrow)
+        out["recon"] = save_reconstructions(tmp / "recon.png", x[:16], x_hat, n=16, kind=spec.kind,
+                                            sequence=spec.is_sequence)
+        xs, _, nrow = figure_samples(model, b, n=64 if spec.is_image or spec.is_sequence else 500, seed=None,
+                                     mean=spec.is_image or spec.is_sequence)
+        out["samples"] = save_samples(tmp / "samples.png", xs, kind=spec.kind, reference=x[:500], nrow=nrow,
+                                      sequence=spec.is_sequence)
         out["per_class"] = "y" in cond
         mu, _ = embed(model, b)
         coords, axes = map_2d(mu.numpy(), method="pca")
@@ -95,6 +98,8 @@ def _sections(run: LoadedRun, test: Split, tmp: Path) -> dict[str, Path | None]:
         out["hist"] = _score_histogram(tmp / "hist.png", scores, y, names)
         top = np.argsort(-scores)[:8]
         out["top"] = save_image_grid(tmp / "top.png", x[top], nrow=8, kind=spec.kind) if spec.is_image else None
+    if spec.kind == "tokens":  # sentences: shown as text, decoded greedily from z
+        _sentences(run, b, out)
     out["kl"] = d / "kl_per_dim.png" if (d / "kl_per_dim.png").exists() else None
     out["confusion"], out["classifier"] = None, None
     if callable(getattr(model, "classify", None)) and test.y is not None:  # a classifier q(y|x): M2
@@ -107,6 +112,30 @@ def _sections(run: LoadedRun, test: Split, tmp: Path) -> dict[str, Path | None]:
                 tmp / "confusion.png", summary["confusion"], summary["classes"],
                 title=f"q(y|x) on {summary['n_labelled']} labelled test examples: accuracy {100 * summary['accuracy']:.2f}%")
     return out
+
+
+def _sentences(run: LoadedRun, b: Split, out: dict[str, Any]) -> None:
+    """Text runs: reconstructions (each test sentence, then the sentence decoded greedily from its
+    posterior mean), samples from the prior and an interpolation, as sentences."""
+    from ..data.text import ids_to_text
+
+    model, vocab, tok = run.model, run.source["vocab"], run.source["tokens"]
+    text = lambda ids, mask=None: ids_to_text(ids, mask, vocab, tok)  # noqa: E731
+    dev = model.device
+    with seeded(run.config.train.seed):
+        part = b[:8].to(dev)
+        mu, _ = model.encode(part.x, mask=part.mask)
+        out["recon_text"] = list(zip(text(part.x, part.mask), text(model.generate_tokens(mu, greedy=True))))
+        z = model.prior_sample(12)
+        out["samples_text"] = text(model.generate_tokens(z, greedy=True))
+        if len(part) > 1:
+            w = torch.linspace(0, 1, 7, device=dev, dtype=mu.dtype)[:, None]
+            out["interp_text"] = text(model.generate_tokens((1 - w) * mu[0:1] + w * mu[1:2], greedy=True))
+    out["recon"] = out["samples"] = out["interp"] = out["top"] = None
+
+
+def _text_list(lines: list[str]) -> str:
+    return "<ol class=sentences>" + "".join(f"<li>{html.escape(s) or '(empty)'}</li>" for s in lines) + "</ol>"
 
 
 def _model_line(run: LoadedRun) -> str:
@@ -197,15 +226,20 @@ def build_report(run: LoadedRun, test: Split, *, evaluation: dict[str, Any] | No
             f"{html.escape(model_line)}</p>",
             _summary_cards(ev, records),
             "<section><h2>Training</h2>" + _training_notes(records) + _img(figs["curves"], "training curves") + "</section>",
-            "<section class=row><div><h2>Reconstructions</h2><p class=note>originals above their reconstructions "
-            "(decoder mean at the posterior mean)</p>" + _img(figs["recon"], "reconstructions") + "</div>"
+            "<section class=row><div><h2>Reconstructions</h2><p class=note>"
+            + ("each test sentence, then (&rarr;) the sentence decoded greedily from its posterior mean</p>"
+               + _text_list([f"{o}  →  {r}" for o, r in figs["recon_text"]]) if figs.get("recon_text") else
+               "originals above their reconstructions (decoder mean at the posterior mean)</p>"
+               + _img(figs["recon"], "reconstructions")) + "</div>"
             "<div><h2>Samples</h2><p class=note>" + ("one row per class: " + html.escape(", ".join(
                 class_names(run.source, spec.num_classes))) + "; z drawn from the prior, decoded with the class"
-                if figs["per_class"] else "z drawn from the prior, decoded") + "</p>" + _img(figs["samples"], "samples")
+                if figs["per_class"] else "z drawn from the prior, decoded") + "</p>"
+            + (_text_list(figs["samples_text"]) if figs.get("samples_text") else _img(figs["samples"], "samples"))
             + "</div></section>",
             "<section><h2>Latent space</h2>" + _img(figs["map"], "latent map") + "</section>",
             f"<section><h2>Interpolation</h2><p class=note>test example {a} to test example {b}, linear in z</p>"
-            + _img(figs["interp"], "interpolation") + "</section>",
+            + (_text_list(figs["interp_text"]) if figs.get("interp_text") else _img(figs["interp"], "interpolation"))
+            + "</section>",
             "<section><h2>Anomaly scores</h2>" + _img(figs["hist"], "anomaly score histogram")
             + ("<p class=note>the 8 least likely test examples:</p>" + _img(figs["top"], "most anomalous")
                if figs.get("top") else "") + "</section>",

@@ -27,8 +27,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", default=None, help="image folder/file, .npy/.npz or .csv (default: the run's test split)")
     p.add_argument("--score", default=None, help=f"{' | '.join(SCORES)} (default {DEFAULT_SCORE}; conditional runs: "
                                                 "elbo, i.e. -log p(x|c) bounded under each example's own label)")
-    p.add_argument("--contamination", type=_finite, default=0.05,
-                   help="share of NORMAL (validation) data to flag: the threshold is its (1 - c) quantile; in (0, 0.5]")
+    p.add_argument("--contamination", type=_finite, default=None,
+                   help="share of NORMAL (validation) data to flag: the threshold is its (1 - c) quantile; in (0, 0.5] "
+                        "(default 0.05; series runs: 0.01 of validation time steps)")
+    p.add_argument("--labels", default=None, help="series runs: per-row anomaly labels (.npy or one-column CSV) for "
+                                                  "AUC-PR, AUROC and F1")
+    p.add_argument("--threshold", default="quantile",
+                   help="series runs: quantile (of validation step scores, see --contamination) | pot (peaks over "
+                        "threshold on the validation scores, see --risk)")
+    p.add_argument("--risk", type=_finite, default=1e-3, help="series runs, --threshold pot: the probability of "
+                                                              "exceeding the threshold on normal data")
+    p.add_argument("--mcmc", type=int, default=0, help="series runs: iterations of Donut's MCMC imputation of "
+                                                       "missing values before scoring (0: off)")
+    p.add_argument("--stride", type=int, default=None, help="series runs: rows between scored windows (default 1: "
+                                                            "every step scored by the window ending on it)")
     p.add_argument("--normal-label", default=None,
                    help="with labelled inputs: the class that is normal (others are anomalies) for AUROC / AP; "
                         "default: when the inputs hold two classes, the later one (e.g. 1 = outlier) is the anomaly")
@@ -99,10 +111,23 @@ def _histogram(path: Path, det, anomalous: np.ndarray | None) -> None:
 def cmd_detect(args: argparse.Namespace) -> int:
     if args.score is not None and args.score not in SCORES:
         raise UsageError(f"unknown --score {args.score!r}; valid: {', '.join(SCORES)}")
-    check_contamination(args.contamination)
+    if args.contamination is not None:
+        check_contamination(args.contamination)
     if args.iw_samples < 1:
         raise UsageError(f"--iw-samples must be >= 1, got {args.iw_samples}")
+    if not 0 < args.risk < 1:
+        raise UsageError(f"--risk must be in (0, 1), got {args.risk}")
     run = open_from_args(args)
+    if run.source.get("kind_of_source") == "series":
+        return _detect_series(run, args)
+    series_only = [flag for flag, v, default in (("--labels", args.labels, None), ("--threshold", args.threshold, "quantile"),
+                                                 ("--mcmc", args.mcmc, 0), ("--stride", args.stride, None))
+                   if v != default]
+    if series_only:
+        raise UsageError(f"{', '.join(series_only)}: for runs trained on a series (--window); this run was trained "
+                         f"on {run.source.get('kind_of_source', 'other')} data; drop {series_only[0]}")
+    if args.contamination is None:
+        args.contamination = 0.05
     conditional = bool(getattr(run.model, "batch_fields", ()))
     gaussian_q = getattr(run.model, "has_elbo", True)  # False: no q(z|x) to score by (a deterministic AAE)
     if args.score is None:
@@ -136,4 +161,19 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if det.auroc is not None:
         lines.append(f"AUROC {det.auroc:.4f}, average precision {det.average_precision:.4f}")
     lines.append(f"wrote {out} and {fig_path}")
+    return emit(args, res, lines)
+
+
+def _detect_series(run, args: argparse.Namespace) -> int:
+    from .detect_series import detect_series
+
+    out = check_out(args.out or run.dir / "scores.csv", (".csv",))
+    res = detect_series(run, args, out)
+    lines = [f"scored {res['rows']} time steps ({res['windows']} windows of {res['window']}); threshold "
+             f"{res['threshold']:.4g} nats ({res['threshold_method']}, from the {res['threshold_from']}); "
+             f"flagged {res['flagged']}"]
+    if res.get("auc_pr") is not None:
+        lines.append(f"AUC-PR {res['auc_pr']:.4f}, AUROC {res['auroc']:.4f}, F1 {res['f1']:.4f} "
+                     f"(point-adjusted {res['f1_point_adjusted']:.4f}; best F1 over thresholds {res['best_f1']:.4f})")
+    lines.append(f"wrote {res['out']} and {res['plot']}")
     return emit(args, res, lines)

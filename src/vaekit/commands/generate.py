@@ -61,6 +61,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         positive("--per-class", args.per_class)
     run = open_from_args(args)
     spec = run.spec
+    if spec.kind == "tokens":
+        return _sample_sentences(run, args, n)
     cond, labels, nrow, what = _sample_conditions(run, args, n)
     n = len(labels) if labels is not None else n
     out = Path(args.out) if args.out else run.dir / ("samples.png" if spec.is_image else "samples.csv")
@@ -74,6 +76,36 @@ def cmd_sample(args: argparse.Namespace) -> int:
         res.update(label=None if args.label is None else names[int(labels[0])], per_class=args.per_class,
                    classes=names, counts={names[k]: int((labels == k).sum()) for k in labels.unique().tolist()})
     return emit(args, res, [f"wrote {n} samples{what} to {out}"])
+
+
+def _sample_sentences(run, args: argparse.Namespace, n: int) -> int:
+    """Sentences of a text run: z ~ p(z), each token drawn from softmax(logits / --temperature) (the
+    most likely token with --temperature below 0.01). Printed; with --out FILE.txt also written."""
+    from ..data.text import ids_to_text
+    from ..io import atomic_path
+
+    if args.label is not None or args.per_class is not None or args.input is not None:
+        raise UsageError("a text run samples sentences from the prior; --label, --per-class and --input do not apply")
+    out = None if args.out is None else Path(args.out)
+    if out is not None and (out.suffix.lower() != ".txt" or not out.parent.exists()):
+        raise UsageError(f"--out {out}: sentences are written to a .txt file in an existing folder")
+    model = run.model
+    gen = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        z = torch.randn(n, model.latent_dim, generator=gen).to(model.device, model.dtype)
+        state = torch.random.get_rng_state()
+        torch.manual_seed(args.seed)
+        try:
+            ids = model.generate_tokens(z, temperature=args.temperature, greedy=args.temperature < 0.01)
+        finally:
+            torch.random.set_rng_state(state)
+    sents = ids_to_text(ids, None, run.source["vocab"], run.source["tokens"])
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text("\n".join(sents) + "\n")
+    res = {"sentences": sents, "n": n, "temperature": args.temperature, "seed": args.seed,
+           "out": None if out is None else str(out)}
+    return emit(args, res, sents + ([f"wrote {n} sentences to {out}"] if out is not None else []))
 
 
 def _sample_conditions(run, args: argparse.Namespace, n: int) -> tuple[dict, torch.Tensor | None, int | None, str]:

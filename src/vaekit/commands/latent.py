@@ -24,8 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("interpolate", help="decode the path between two examples' latents")
     add_run_args(p)
-    p.add_argument("--from", dest="src", required=True, help="index into the split, or an image/array file")
-    p.add_argument("--to", dest="dst", required=True, help="index into the split, or an image/array file")
+    p.add_argument("--from", dest="src", required=True,
+                   help="index into the split, or an image/array file (text runs: or the sentence itself)")
+    p.add_argument("--to", dest="dst", required=True,
+                   help="index into the split, or an image/array file (text runs: or the sentence itself)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--method", choices=METHODS, default="linear", help="linear or slerp (spherical)")
     p.add_argument("--label", default=None, help="conditional runs: decode every frame as this class "
@@ -109,9 +111,55 @@ def _write_frames(out: Path, frames: torch.Tensor, run, keys: dict[str, list], *
     save_array(out, table, header=[*keys, *cols])
 
 
+def _sentence(run, ref: str, args: argparse.Namespace):
+    """A sentence for a text run: an index into the run's split ("17"), a text file (its first
+    line), or the sentence itself. Returns ((1, T, 1) ids, (1, T, 1) mask, its text)."""
+    from ..data.text import encode, ids_to_text, tokenize
+
+    src = run.source
+    if ref.isdigit():
+        s = run_inputs(run, None, split=getattr(args, "split", "test"), data_dir=args.data_dir)
+        i = int(ref)
+        if i >= len(s):
+            raise UsageError(f"{ref}: the {getattr(args, 'split', 'test')} split has {len(s)} sentences")
+        x, m = s.x[i:i + 1], s.mask[i:i + 1]
+    else:
+        p = Path(ref).expanduser()
+        line = p.read_text(encoding="utf-8").strip().splitlines()[0] if p.is_file() else ref
+        ids, mask, _ = encode([tokenize(line.strip(), src["tokens"])], src["vocab"], run.spec.shape[0])
+        x, m = torch.from_numpy(ids.astype(np.float32))[..., None], torch.from_numpy(mask)[..., None]
+    return x, m, ids_to_text(x, m, src["vocab"], src["tokens"])[0]
+
+
+def _interpolate_sentences(run, args: argparse.Namespace) -> int:
+    """Bowman et al.'s homotopy: the posterior means of two sentences, the straight line between
+    them, each point decoded greedily. Printed; --out FILE.txt also writes them."""
+    from ..data.text import ids_to_text
+    from ..io import atomic_path
+
+    out = None if args.out is None else Path(args.out)
+    if out is not None and (out.suffix.lower() != ".txt" or not out.parent.exists()):
+        raise UsageError(f"--out {out}: interpolated sentences are written to a .txt file in an existing folder")
+    model = run.model
+    (xa, ma, ta), (xb, mb, tb) = _sentence(run, args.src, args), _sentence(run, args.dst, args)
+    with torch.no_grad():
+        za, _ = model.encode(xa.to(model.device), mask=ma.to(model.device))
+        zb, _ = model.encode(xb.to(model.device), mask=mb.to(model.device))
+        w = torch.linspace(0, 1, args.steps, device=model.device, dtype=za.dtype)[:, None]
+        ids = model.generate_tokens((1 - w) * za + w * zb, greedy=True)
+    sents = ids_to_text(ids, None, run.source["vocab"], run.source["tokens"])
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text("\n".join(sents) + "\n")
+    res = {"from": ta, "to": tb, "sentences": sents, "steps": args.steps, "out": None if out is None else str(out)}
+    return emit(args, res, [f"from: {ta}", *[f"  {s}" for s in sents], f"to:   {tb}"])
+
+
 def cmd_interpolate(args: argparse.Namespace) -> int:
     positive("--steps", args.steps)
     run = open_from_args(args)
+    if run.spec.kind == "tokens":
+        return _interpolate_sentences(run, args)
     tag = f"{Path(args.src).stem}-{Path(args.dst).stem}"
     out = check_out(args.out or run.dir / f"interpolate-{tag}.png", FRAMES)
     if args.label is not None:

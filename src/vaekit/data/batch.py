@@ -25,11 +25,14 @@ class Batch:
     y: int64 (N,) class indices, ``UNLABELLED`` (-1) where the class is hidden or unknown.
     c: float32 (N, *spec.cond_shape): a condition for each example, either an attribute vector
        (N, C) or a conditioning input such as a second image (N, C', H', W').
+    mask: float32 like x: 1 where a value is observed, 0 where it is missing or padding (sequences);
+       a model that reads it leaves the masked values out of every loss.
     """
 
     x: torch.Tensor
     y: torch.Tensor | None = None
     c: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])

@@ -326,7 +326,9 @@ def _paired_condition(path: str, n: int, image_size: int | None) -> np.ndarray:
 def load_data(source: str, *, data_dir: str | None = None, image_size: int | None = None, binarize: str = "none",
               val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, download: bool = True,
               label_column: str | None = None, condition_columns: list[str] | None = None,
-              condition: str | None = None, labels_per_class: int | None = None, label_seed: int = 0) -> Data:
+              condition: str | None = None, labels_per_class: int | None = None, label_seed: int = 0,
+              window: int | None = None, stride: int = 1, sequences: bool = False, mask_anomalies: bool = True,
+              tokens: str | None = None, vocab_size: int | None = None, max_len: int | None = None) -> Data:
     """Load a named dataset (``DATASETS``: digits, mnist, fashion-mnist, binarized-mnist) or a path.
 
     Paths: a folder of images (subfolder names become labels), ``.npy``/``.npz`` arrays (keys x, y
@@ -343,6 +345,36 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
     ``labels_per_class`` N keeps N labels per class of the training split (drawn with
     ``label_seed``) and marks the rest ``UNLABELLED`` (-1); val and test keep theirs.
     """
+    if tokens is not None:  # sentences (data.text)
+        from .text import load_text_data
+        if window is not None:
+            raise UsageError("--tokens reads sentences and --window cuts a series; give one of them")
+        if str(source) in DATASETS:
+            raise UsageError(f"--tokens reads a text file of sentences; {source} is a built-in image dataset")
+        return load_text_data(source, tokens=tokens, val_fraction=val_fraction, test_fraction=test_fraction,
+                              seed=seed, vocab_size=vocab_size, max_len=max_len)
+    if vocab_size is not None or max_len is not None:
+        raise UsageError("--vocab-size and --max-len are for sentences; give --tokens char|word too")
+    if window is not None:  # a series cut into windows (data.sequences)
+        from .sequences import load_series_data
+        if str(source) in DATASETS:
+            raise UsageError(f"--window cuts a series (a CSV or .npy file) into windows; {source} is a built-in "
+                             "image dataset")
+        for flag, v in (("--condition", condition), ("--condition-columns", condition_columns),
+                        ("--labels-per-class", labels_per_class)):
+            if v:
+                raise UsageError(f"{flag} is not offered for series windows; drop it")
+        if binarize != "none":
+            raise UsageError("--binarize is for images in [0, 1]; a series is scaled per channel instead")
+        return load_series_data(source, window=window, stride=stride, val_fraction=val_fraction,
+                                test_fraction=test_fraction, label_column=label_column, mask_anomalies=mask_anomalies)
+    if stride != 1:
+        raise UsageError("--stride spaces the windows of a series; give --window too")
+    if not mask_anomalies:
+        raise UsageError("--mask-anomalies is for series with a label column (--window); drop it")
+    if sequences and str(source) not in DATASETS and Path(str(source)).suffix.lower() in (".npz", ".npy"):
+        from .sequences import load_sequences_data  # many sequences (N, T, D) for a recurrent model
+        return load_sequences_data(source, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     if binarize not in BINARIZE:
         raise UsageError(f"unknown binarize {binarize!r}; valid: {', '.join(BINARIZE)}")
     for nm, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-KINDS = ("binary", "8bit", "unit", "continuous")
+KINDS = ("binary", "8bit", "unit", "continuous", "tokens")
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class DataSpec:
         (real values in [0, 1] that are not 8-bit, e.g. sklearn digits scaled by 1/16), or
         "continuous" (any real values, e.g. standardised table columns).
     num_classes: number of label classes when labels exist, else None.
+    vocab_size: for "tokens" (sentences, shape (T, 1) of token ids): the vocabulary's size.
     cond_shape: per-example shape of the condition ``c`` (an attribute vector (C,) or a conditioning
         input such as an image (C, H, W)) when the data carry one, else None.
     """
@@ -26,6 +27,7 @@ class DataSpec:
     kind: str
     num_classes: int | None = None
     cond_shape: tuple[int, ...] | None = None
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -45,6 +47,11 @@ class DataSpec:
     def is_image(self) -> bool:
         return len(self.shape) == 3
 
+    @property
+    def is_sequence(self) -> bool:
+        """Sequences: (T, D), T steps of D values (windows of a series, or padded sequences)."""
+        return len(self.shape) == 2
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape)
@@ -55,4 +62,4 @@ class DataSpec:
     def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
         cond = d.get("cond_shape")
         return cls(shape=tuple(d["shape"]), kind=d["kind"], num_classes=d.get("num_classes"),
-                   cond_shape=None if cond is None else tuple(cond))
+                   cond_shape=None if cond is None else tuple(cond), vocab_size=d.get("vocab_size"))

@@ -81,6 +81,11 @@ class ModelConfig:
         the discriminator is not updated while its loss on the data or the fakes is below
         ``equilibrium - margin``, nor the decoder while either is above ``equilibrium + margin``
         (both are updated when both would be skipped).
+    word_dropout: sequence models (``models.sequence``): the probability that the decoder's input
+        at a step (the previous step's values) is blanked while training (Bowman et al. 2016).
+    inject_missing: sequence models: the share of observed values marked missing afresh in every
+        training batch (Donut's missing-data injection, Xu et al. 2018): the encoder and decoder see
+        them as missing and the likelihood leaves them out.
     """
 
     model: str = "vae"
@@ -106,6 +111,8 @@ class ModelConfig:
     gamma: float = 1e-2
     equilibrium: float = 0.68
     margin: float = 0.35
+    word_dropout: float = 0.0
+    inject_missing: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self, spec: DataSpec) -> "ModelConfig":
@@ -113,12 +120,35 @@ class ModelConfig:
         cfg = ModelConfig(**asdict(self))
         if cfg.likelihood is None:
             cfg.likelihood = default_likelihood(spec.kind)
+        if cfg.likelihood == "categorical":  # tokens: one logit per word of the vocabulary
+            if not spec.vocab_size:
+                raise UsageError("the categorical likelihood is for sentences (--tokens); these data have no vocabulary")
+            cfg.extra = {**cfg.extra, "likelihood_args": {"categories": int(spec.vocab_size)}}
         lik = LIKELIHOODS.get(cfg.likelihood)
         if spec.kind not in lik.kinds:
             raise UsageError(
                 f"likelihood {cfg.likelihood!r} does not fit {spec.kind} data; "
                 f"use one of: {', '.join(n for n in LIKELIHOODS if spec.kind in LIKELIHOODS.get(n).kinds)}"
             )
+        if spec.is_sequence:
+            from ..modules.recurrent import CELLS, DEFAULT_HIDDEN
+            if cfg.arch == "mlp":  # the default architecture, for sequences: a GRU
+                cfg.arch = "gru"
+            if cfg.arch not in CELLS:
+                raise UsageError(f"sequences (T, D) take --arch {' | '.join(CELLS)}, not {cfg.arch!r}")
+            if cfg.hidden is None:
+                cfg.hidden = list(DEFAULT_HIDDEN)
+        elif cfg.arch in ("gru", "lstm"):
+            raise UsageError(f"--arch {cfg.arch} is for sequences; {tuple(spec.shape)} examples are not "
+                             "(give a series with --window, or an .npz of sequences)")
+        if not 0 <= cfg.word_dropout < 1:
+            raise UsageError(f"--word-dropout must be in [0, 1), got {cfg.word_dropout}")
+        if not 0 <= cfg.inject_missing < 1:
+            raise UsageError(f"--inject-missing must be in [0, 1), got {cfg.inject_missing}")
+        if cfg.inject_missing and not spec.is_sequence:
+            raise UsageError("--inject-missing marks values of a series missing while training; the data are not sequences")
+        if cfg.word_dropout and not spec.is_sequence:
+            raise UsageError("--word-dropout blanks a sequence decoder's inputs; the data are not sequences")
         if cfg.hidden is None and cfg.arch == "mlp":
             cfg.hidden = [400]
         if cfg.hidden is not None and (not cfg.hidden or any(int(h) <= 0 for h in cfg.hidden)):
@@ -276,6 +306,11 @@ def build_model(config: ModelConfig, spec: DataSpec) -> BaseModel:
         if cfg.model not in TWO_LAYER:
             raise UsageError(f"--latent-dim2 is offered by models {', '.join(sorted(TWO_LAYER))}, not {cfg.model!r}")
         cls = TWO_LAYER[cfg.model]
+    if spec.is_sequence:
+        from .sequence import SEQUENCE
+        if cfg.model not in SEQUENCE:
+            raise UsageError(f"--model {cfg.model} does not take sequences; use {' or '.join(sorted(SEQUENCE))}")
+        cls = SEQUENCE[cfg.model]
     if cfg.extra.get("features"):
         if cfg.model not in ON_FEATURES:
             raise UsageError(f"--features is offered by models {', '.join(sorted(ON_FEATURES))}, not {cfg.model!r}")

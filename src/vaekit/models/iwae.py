@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..data.spec import DataSpec
@@ -26,14 +28,15 @@ class IWAE(VAE):
         if config.k < 1:
             raise ValueError("IWAE needs k >= 1")
 
-    def loss(self, x: torch.Tensor, *, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, *, kl_weight: float = 1.0, **fields: Any) -> dict[str, torch.Tensor]:
         """-(k-sample bound) averaged over the batch, plus the usual ELBO terms (nats per example).
 
         "elbo" is the mean log weight (the ELBO's estimate from the same k samples), "iwae" the
         k-sample bound itself (>= elbo in expectation); "recon" and "kl" are their Monte Carlo parts.
         """
         path = _PathScale() if self.config.gradient_estimator == "dreg" and torch.is_grad_enabled() else None
-        log_px, log_p, log_q = self.log_weight_terms(x, self.config.k, path)  # each (k, B)
+        log_px, log_p, log_q = self.log_weight_terms(x, self.config.k, path, **fields)  # each (k, B); fields: a
+        # sequence model's mask
         c = self.config.beta * kl_weight
         log_w_train = log_px + c * (log_p - log_q)
         bound_train = log_mean_exp(log_w_train, dim=0)  # (B,)

@@ -26,10 +26,7 @@ class VAE(BaseModel):
         super().__init__(config, spec)
         lik_cls = LIKELIHOODS.get(config.likelihood)
         self.likelihood = lik_cls(**config.extra.get("likelihood_args", {}))
-        self.encoder = ENCODERS.get(config.arch)(spec.shape, config.latent_dim, config.hidden, config.activation)
-        self.decoder = DECODERS.get(config.arch)(
-            spec.shape, config.latent_dim, config.hidden, config.activation, self.likelihood.num_params
-        )
+        self.encoder, self.decoder = self._networks(config, spec)
         self.prior = PRIORS.get(config.prior)(config.latent_dim)
         self.latent_dim = config.latent_dim
         # --recon-loss perceptual (``vaekit.perceptual``): a frozen feature net's term joins the loss
@@ -37,6 +34,13 @@ class VAE(BaseModel):
         self.perceptual = PerceptualLoss(perceptual) if perceptual else None
         if perceptual:
             self.extra_terms = ("perceptual",)  # logged by the trainer beside loss, elbo, recon, kl
+
+    def _networks(self, config: ModelConfig, spec: DataSpec) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The encoder and decoder of ``config.arch`` (sequence models build recurrent ones)."""
+        encoder = ENCODERS.get(config.arch)(spec.shape, config.latent_dim, config.hidden, config.activation)
+        decoder = DECODERS.get(config.arch)(spec.shape, config.latent_dim, config.hidden, config.activation,
+                                            self.likelihood.num_params)
+        return encoder, decoder
 
     # -- the pieces -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

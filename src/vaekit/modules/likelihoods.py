@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import Bernoulli, Distribution, Independent, Normal, constraints
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal, constraints
 
 from ..functional.bernoulli import bernoulli_log_prob, bernoulli_log_prob_k
 from ..functional.discretized import discretized_logistic_log_prob
@@ -208,6 +208,42 @@ class DiscretizedLogisticLikelihood(Likelihood):
         return self._split(params)[0].clamp(0.0, 1.0)
 
 
+@LIKELIHOODS.register("categorical")
+class CategoricalLikelihood(Likelihood):
+    """One of ``categories`` tokens per value (sentences): params are logits (B, V, *data_shape), x
+    holds token ids (as floats). The "mean" is the most likely token (what generation feeds back)."""
+
+    kinds = ("tokens",)
+
+    def __init__(self, categories: int = 2) -> None:
+        super().__init__()
+        if categories < 2:
+            raise ValueError(f"a categorical likelihood needs at least 2 categories, got {categories}")
+        self.num_params = int(categories)
+
+    def dist(self, params: torch.Tensor) -> Distribution:
+        logits = params.movedim(1, -1)  # (B, *data_shape, V)
+        return Independent(Categorical(logits=logits, validate_args=False), logits.dim() - 2)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        lp = torch.log_softmax(params, 1).gather(1, x.long().unsqueeze(1)).squeeze(1)
+        return _sum_data_dims(lp)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return params.argmax(1).to(params.dtype)
+
+    def sample(self, params: torch.Tensor) -> torch.Tensor:
+        return self.dist(params).sample().to(params.dtype)
+
+    def init_params(self, x: torch.Tensor) -> torch.Tensor:
+        counts = torch.bincount(x.long().flatten(), minlength=self.num_params)[: self.num_params].to(torch.float64)
+        logp = torch.log((counts + 1) / (counts.sum() + self.num_params)).to(x.dtype)
+        return logp.view(-1, *([1] * (x.dim() - 1))).expand(self.num_params, *x.shape[1:]).clone()
+
+
 def default_likelihood(kind: str) -> str:
-    """The likelihood used when the user names none: Bernoulli for data in [0, 1], else Gaussian."""
+    """The likelihood used when the user names none: Bernoulli for data in [0, 1], categorical for
+    tokens, else Gaussian."""
+    if kind == "tokens":
+        return "categorical"
     return "bernoulli" if kind in ("binary", "8bit", "unit") else "gaussian"
