@@ -45,6 +45,43 @@ class StreamScores:
 
 
 @torch.no_grad()
+def mcmc_fill(model: Any, x: torch.Tensor, mask: torch.Tensor, iters: int, gen: torch.Generator) -> torch.Tensor:
+    """Donut's MCMC imputation: ``iters`` rounds of z ~ q(z | x with the current fill-ins), the
+    missing values replaced by the decoder's means (one step ahead, teacher-forced by the filled
+    window); the observed values are kept. x, mask (B, T, D) on the model's device."""
+    xin, enc_mask, full = x, mask, torch.ones_like(mask)
+    for _ in range(iters):
+        mu, logvar = model.encode(xin, mask=enc_mask)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen).to(mu)
+        mean = model.likelihood.mean(model._decode(z, xin, enc_mask))
+        xin = torch.where(mask > 0, x, mean)
+        enc_mask = full
+    return xin
+
+
+@torch.no_grad()
+def impute_series(model: Any, values: np.ndarray, window: int, *, iters: int = 10, batch_size: int = 256,
+                  seed: int = 0) -> np.ndarray:
+    """A scaled series (T, D) with its missing values (NaN) filled: every window (stride 1) imputed
+    by ``mcmc_fill``, each missing value taken from the window that holds it as late as possible
+    (the most past around it). Observed values are returned unchanged."""
+    if not getattr(model, "autoregressive", False):
+        raise UsageError("series imputation needs a run trained on series windows (vaekit train --data SERIES --window W)")
+    x, m, starts = cut_windows(values, window, 1)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    filled = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(model.device, model.dtype)
+        mb = m[i:i + batch_size].to(model.device, model.dtype)
+        filled.append(mcmc_fill(model, xb, mb, iters, gen).float().cpu() if bool((mb == 0).any()) else xb.float().cpu())
+    f = torch.cat(filled).numpy()  # (N, W, D)
+    rows = np.arange(len(values))
+    j = np.searchsorted(starts, rows - window + 1, side="left").clip(0, len(starts) - 1)
+    best = f[j, rows - starts[j]]  # (T, D)
+    return np.where(np.isnan(values), best, values)
+
+
+@torch.no_grad()
 def step_scores(model: Any, x: torch.Tensor, mask: torch.Tensor, *, mcmc: int = 0, batch_size: int = 256,
                 seed: int = 0) -> torch.Tensor:
     """-log p(x_t | x_<t, z) per window and step, observed channels only: (N, W); NaN at steps
@@ -59,14 +96,7 @@ def step_scores(model: Any, x: torch.Tensor, mask: torch.Tensor, *, mcmc: int = 
         mb = mask[i:i + batch_size].to(model.device, model.dtype)
         enc_mask, xin = mb, xb
         if mcmc > 0 and bool((mb == 0).any()):
-            full = torch.ones_like(mb)
-            for _ in range(mcmc):
-                mu, logvar = model.encode(xin, mask=enc_mask)
-                eps = torch.randn(mu.shape, generator=gen).to(mu)
-                z = mu + torch.exp(0.5 * logvar) * eps
-                mean = model.likelihood.mean(model._decode(z, xin, enc_mask))
-                xin = torch.where(mb > 0, xb, mean)
-                enc_mask = full
+            xin, enc_mask = mcmc_fill(model, xb, mb, mcmc, gen), torch.ones_like(mb)
         mu, _ = model.encode(xin, mask=enc_mask)
         lp = model.step_log_px(xin, mu, enc_mask, score_mask=mb)
         nll = -lp

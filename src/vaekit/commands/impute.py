@@ -109,9 +109,48 @@ def _write_csv(path: Path, a: np.ndarray, header: list[str] | None, labels: np.n
         tmp.write_text(buf.getvalue())
 
 
+def _impute_series(run, args: argparse.Namespace) -> int:
+    """A series run: the missing values of the series at --input filled by Donut's MCMC imputation
+    (--iters rounds, default 10), written as a CSV (time or index column, then the channels, in
+    the series' units) or .npy (T, D). Observed values are kept as they were."""
+    from ..apps.stream import impute_series
+    from ..data.sequences import apply_scaler, check_series_length, invert_scaler, read_series
+
+    if args.mask is not None or args.method != DEFAULT_METHOD:
+        raise UsageError("series runs impute by Donut's MCMC over windows; --mask and --method do not apply "
+                         "(missing values are the empty or NaN cells)")
+    iters = 10 if args.iters is None else args.iters
+    if iters < 1:
+        raise UsageError(f"--iters must be >= 1, got {iters}")
+    out = check_out(args.out or run.dir / "imputed.csv", (".csv", ".npy"))
+    s = read_series(args.input, run.source.get("label_column"))
+    window, scaler = int(run.source["window"]), run.source["scaler"]
+    if s.values.shape[1] != len(scaler["mean"]):
+        raise DataError(f"{args.input} has {s.values.shape[1]} value columns but the run was trained on "
+                        f"{len(scaler['mean'])}; give a series with the same columns")
+    check_series_length(s.values, window, str(args.input))
+    missing = np.isnan(s.values)
+    filled = impute_series(run.model, apply_scaler(s.values, scaler), window, iters=iters, seed=args.seed)
+    a = np.where(missing, invert_scaler(filled, scaler), s.values)
+    if out.suffix.lower() == ".npy":
+        save_array(out, a.astype(np.float32))
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["timestamp" if s.index is not None else "index", *s.columns])
+        for i, row in enumerate(a):
+            w.writerow([s.index[i] if s.index is not None else i, *(repr(float(v)) for v in row)])
+        with atomic_path(out) as tmp:
+            tmp.write_text(buf.getvalue())
+    res = {"out": str(out), "rows": int(len(a)), "missing": int(missing.sum()), "iters": iters, "window": window}
+    return emit(args, res, [f"filled {res['missing']} missing values of {len(a)} rows ({iters} MCMC rounds); wrote {out}"])
+
+
 def cmd_impute(args: argparse.Namespace) -> int:
     iters = check_method(args.method, args.iters)
     run = open_from_args(args)  # --chains, --leapfrog and a method the model cannot use: checked by impute()
+    if run.source.get("kind_of_source") == "series":
+        return _impute_series(run, args)
     spec = run.spec
     allowed = (".npy", ".npz", ".csv", ".png") if spec.is_image else (".npy", ".npz", ".csv")
     out = check_out(args.out or run.dir / ("imputed.npy" if spec.is_image else "imputed.csv"), allowed)

@@ -69,7 +69,7 @@ class _SequenceModel:
     # -- the masked likelihood -------------------------------------------------------------------
     def _log_px(self, params: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """sum over observed (t, d) of log p(x_td | params): (B,) nats."""
-        lp = self.likelihood.dist(params).base_dist.log_prob(x)  # (B, T, D)
+        lp = self.likelihood.log_prob_elements(params, x)  # (B, T, D)
         if mask is not None:
             lp = lp * mask.to(lp.dtype)
         return lp.flatten(1).sum(1)
@@ -79,7 +79,7 @@ class _SequenceModel:
         """log p(x_t | x_<t, z) of every step, summed over its observed channels: (B, T) nats.
         ``mask`` tells the decoder which inputs are observed; ``score_mask`` (default: ``mask``)
         which values are scored (they differ after imputing the missing ones)."""
-        lp = self.likelihood.dist(self._decode(z, x, mask)).base_dist.log_prob(x)  # (B, T, D)
+        lp = self.likelihood.log_prob_elements(self._decode(z, x, mask), x)  # (B, T, D)
         keep = mask if score_mask is None else score_mask
         if keep is not None:
             lp = lp * keep.to(lp.dtype)

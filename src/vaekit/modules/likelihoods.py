@@ -48,6 +48,11 @@ class Likelihood(nn.Module):
         xk = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
         return self.log_prob(params, xk).view(k, b)
 
+    def log_prob_elements(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | params) of every value, not summed: (B, *data_shape) nats (sequence models
+        mask some of them out). Subclasses may compute it without building a distribution."""
+        return self.dist(params).base_dist.log_prob(x)
+
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """E[x | params], shape (B, *data_shape)."""
         return self.dist(params).mean
@@ -112,11 +117,13 @@ class GaussianLikelihood(Likelihood):
     def _mu_std(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return params[:, 0], self.min_std + F.softplus(params[:, 1])
 
-    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def log_prob_elements(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         mu, std = self._mu_std(params)
         z = (x - mu) / std
-        lp = -0.5 * z * z - torch.log(std) - 0.5 * math.log(2 * math.pi)
-        return _sum_data_dims(lp)
+        return -0.5 * z * z - torch.log(std) - 0.5 * math.log(2 * math.pi)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _sum_data_dims(self.log_prob_elements(params, x))
 
     def dist(self, params: torch.Tensor) -> Distribution:
         mu, std = self._mu_std(params)
@@ -225,9 +232,11 @@ class CategoricalLikelihood(Likelihood):
         logits = params.movedim(1, -1)  # (B, *data_shape, V)
         return Independent(Categorical(logits=logits, validate_args=False), logits.dim() - 2)
 
+    def log_prob_elements(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return -F.cross_entropy(params, x.long(), reduction="none")  # fused log-softmax and pick: (B, *shape)
+
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        lp = torch.log_softmax(params, 1).gather(1, x.long().unsqueeze(1)).squeeze(1)
-        return _sum_data_dims(lp)
+        return _sum_data_dims(self.log_prob_elements(params, x))
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return params.argmax(1).to(params.dtype)
