@@ -10,7 +10,7 @@ import torch
 
 from ..apps.common import check_example_out, check_out, class_names, run_inputs, save_array, write_examples
 from ..apps.conditional import condition_field, label_name, per_class_labels, require_labels, run_label
-from ..apps.generate import reconstruct, sample
+from ..apps.generate import reconstruct, sample, seeded
 from ..errors import UsageError
 from ._shared import add_run_args, emit, open_from_args, positive
 
@@ -91,14 +91,9 @@ def _sample_sentences(run, args: argparse.Namespace, n: int) -> int:
         raise UsageError(f"--out {out}: sentences are written to a .txt file in an existing folder")
     model = run.model
     gen = torch.Generator().manual_seed(args.seed)
-    with torch.no_grad():
+    with torch.no_grad(), seeded(args.seed):
         z = torch.randn(n, model.latent_dim, generator=gen).to(model.device, model.dtype)
-        state = torch.random.get_rng_state()
-        torch.manual_seed(args.seed)
-        try:
-            ids = model.generate_tokens(z, temperature=args.temperature, greedy=args.temperature < 0.01)
-        finally:
-            torch.random.set_rng_state(state)
+        ids = model.generate_tokens(z, temperature=args.temperature, greedy=args.temperature < 0.01)
     sents = ids_to_text(ids, None, run.source["vocab"], run.source["tokens"])
     if out is not None:
         with atomic_path(out) as tmp:

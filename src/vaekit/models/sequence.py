@@ -16,7 +16,6 @@ import torch
 
 from ..data.spec import DataSpec
 from ..errors import UsageError
-from ..functional.kl import gaussian_log_prob, gaussian_log_prob_at_eps
 from ..modules.recurrent import CELLS, DEFAULT_HIDDEN, RecurrentDecoder, RecurrentEncoder
 from .base import ModelConfig
 from .iwae import IWAE
@@ -103,23 +102,17 @@ class _SequenceModel:
 
     def log_weight_terms(self, x: torch.Tensor, k: int, path: Callable[[torch.Tensor], torch.Tensor] | None = None,
                          mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log p(x|z_k), log p(z_k), log q(z_k|x)), each (k, B); the k samples go through the
-        decoder as one batch of k * B, each teacher-forced by its example."""
+        """The VAE's k-sample terms on the batch trimmed to its last observed step."""
         x, mask = self._trim(x, mask)
-        mu, logvar = self.encoder(x, mask)
-        eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
-        z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, L)
-        if path is None:
-            log_q = gaussian_log_prob_at_eps(eps, logvar).sum(-1)
-        else:
-            z = path(z)
-            log_q = gaussian_log_prob(z, mu.detach(), logvar.detach()).sum(-1)
-        log_p = self.prior.log_prob(z)
+        return VAE.log_weight_terms(self, x, k, path, mask=mask)
+
+    def _log_px_k(self, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Each of the k samples (k * B rows) teacher-forced by its own example: (k, B)."""
         b = x.shape[0]
+        k = z.shape[0] // b
         xk = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
         mk = None if mask is None else mask.unsqueeze(0).expand(k, *mask.shape).reshape(k * b, *mask.shape[1:])
-        log_px = self._log_px(self._decode(z.reshape(k * b, -1), xk, mk), xk, mk).view(k, b)
-        return log_px, log_p, log_q
+        return self._log_px(self._decode(z, xk, mk), xk, mk).view(k, b)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x, mask)

@@ -108,15 +108,15 @@ class VAE(BaseModel):
         log_px, log_p, log_q = self.log_weight_terms(x, k)
         return log_px + log_p - log_q
 
-    def log_weight_terms(self, x: torch.Tensor, k: int, path: Callable[[torch.Tensor], torch.Tensor] | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def log_weight_terms(self, x: torch.Tensor, k: int, path: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                         **fields: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log p(x|z_k), log p(z_k), log q(z_k|x)), each (k, B), for k reparameterised samples.
 
         ``path`` (for doubly reparameterised gradients, see ``IWAE.loss``): every use of z goes
         through ``path(z)``, and log q is evaluated with the encoder's outputs detached, so the
         encoder receives gradient only along the sample path z = mu + sigma * eps.
         """
-        mu, logvar = self.encoder(x)
+        mu, logvar = self.encoder(x, **fields)
         std = torch.exp(0.5 * logvar)
         eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
         z = mu + std * eps  # (k, B, D)
@@ -126,9 +126,12 @@ class VAE(BaseModel):
             z = path(z)
             log_q = gaussian_log_prob(z, mu.detach(), logvar.detach()).sum(-1)
         log_p = self.prior.log_prob(z)
-        # x is broadcast against the k samples' decoder outputs, not copied k times
-        log_px = self.likelihood.log_prob_k(self.decoder(z.reshape(-1, mu.shape[-1])), x)
-        return log_px, log_p, log_q
+        return self._log_px_k(z.reshape(-1, mu.shape[-1]), x, **fields), log_p, log_q
+
+    def _log_px_k(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x_b | z) for k samples per example: z (k * B, D) sample-major, x (B, *shape) -> (k, B).
+        x is broadcast against the k samples' decoder outputs, not copied k times."""
+        return self.likelihood.log_prob_k(self.decoder(z), x)
 
     # -- the generative model alone (see BaseModel.log_joint) ---------------------------------------
     def prior_sample(self, n: int) -> torch.Tensor:
