@@ -28,6 +28,7 @@ from .generate import seeded
 
 MAX_BATCH = 1024
 MAX_STEPS = 64
+MAX_SCALED = 1e4  # model-unit values beyond this (standardised table values, in SDs) are refused
 
 
 class RequestError(VaekitError):
@@ -157,6 +158,10 @@ class RunService:
                 s = load_inputs(str(path), self.spec, self.run.source)
             except VaekitError as e:
                 raise RequestError(f"{name}: {str(e).replace(str(path) + ': ', '')}") from None
+        far = float(s.x.abs().max())
+        if not far <= MAX_SCALED:
+            raise RequestError(f"{name} has values {far:.3g} training standard deviations from the training mean; "
+                               "send values in the training data's range")
         return Batch(s.x)
 
     def _series(self, a: np.ndarray, name: str) -> Batch:
@@ -169,6 +174,9 @@ class RunService:
         scaler = self.run.source.get("scaler")
         if scaler:
             a = (a - np.asarray(scaler["mean"])) / np.asarray(scaler["std"])
+        if np.nanmax(np.abs(a), initial=0.0) > MAX_SCALED:
+            raise RequestError(f"{name} has values more than {MAX_SCALED:g} training standard deviations from the "
+                               "training mean; send values in the training data's range")
         mask = ~np.isnan(a)
         if not mask.any(axis=(1, 2)).all():
             raise RequestError(f"{name}: some windows have no observed value")

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..apps.service import RunService
-from .common import MAX_BODY, endpoint, read_json
+from .common import json_response, MAX_BODY, endpoint, read_json
 
 
 def _number() -> dict[str, Any]:
@@ -106,15 +106,15 @@ def openapi_schema(service: RunService) -> dict[str, Any]:
             "servers": [{"url": "/"}], "paths": paths}
 
 
-def create_app(service: RunService) -> Starlette:
-    """The ASGI app of ``vaekit serve`` for ``service``."""
+def create_app(service: RunService, *, max_body: int = MAX_BODY) -> Starlette:
+    """The ASGI app of ``vaekit serve`` for ``service``; request bodies over ``max_body`` bytes get a 413."""
     schema = openapi_schema(service)
 
     def post(method: Any) -> Any:
         @endpoint
         async def handler(request: Request) -> JSONResponse:
-            body = await read_json(request)
-            return JSONResponse(await run_in_threadpool(method, body))
+            body = await read_json(request, max_body)
+            return json_response(await run_in_threadpool(method, body))
 
         return handler
 

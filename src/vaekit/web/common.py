@@ -31,6 +31,18 @@ def error(message: str, status: int):
     return JSONResponse({"error": message}, status_code=status)
 
 
+def json_response(result: dict[str, Any]):
+    """``result`` as JSON; a result with a non-finite number (inputs far outside the training data can
+    overflow the networks) is a 422 with one line, never a 500 or invalid JSON."""
+    from starlette.responses import JSONResponse
+
+    try:
+        return JSONResponse(result)
+    except ValueError:
+        raise RequestError("the model's output for these inputs is not finite: they lie far outside the data "
+                           "it was trained on") from None
+
+
 async def read_json(request: Any, max_body: int = MAX_BODY) -> dict[str, Any]:
     """The request's JSON object, read at most ``max_body`` bytes; RequestError otherwise."""
     length = request.headers.get("content-length")
@@ -103,6 +115,7 @@ def serve_app(app: Any, host: str, port: int, what: str) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # clients that connect before the server loop starts wait in the backlog
     except OSError as e:
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host") \

@@ -35,7 +35,7 @@ from ..apps.latent import embed, slerp
 from ..apps.service import RequestError, RunService, check_steps
 from ..data.batch import Batch
 from ..errors import VaekitError
-from .common import endpoint, read_body, read_json
+from .common import json_response, endpoint, read_body, read_json
 
 STATIC = Path(__file__).with_name("static")
 UPLOAD_LIMIT = 8 * 1024 * 1024
@@ -332,7 +332,7 @@ def create_app(explorer: Explorer) -> Starlette:
         @endpoint
         async def handler(request: Request) -> JSONResponse:
             body = await read_json(request)
-            return JSONResponse(await run_in_threadpool(method, body))
+            return json_response(await run_in_threadpool(method, body))
 
         return handler
 

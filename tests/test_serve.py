@@ -1,0 +1,321 @@
+"""``vaekit serve`` (JSON API) and ``vaekit explore`` (the explorer's JSON routes): answers, one-line
+4xx for every kind of bad request, the schema fuzzed, and real servers under concurrent clients."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from vaekit.apps.common import open_run  # noqa: E402
+from vaekit.apps.service import RunService  # noqa: E402
+from vaekit.cli import main  # noqa: E402
+from vaekit.web import api, explorer  # noqa: E402
+
+from cli_helpers import cli  # noqa: E402
+
+
+def _train(out: Path, *argv) -> Path:
+    assert main(["train", *map(str, argv), "--out", str(out), "--quiet", "--seed", "0"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("serve-table")
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(400, 2))
+    x = np.column_stack([z[:, 0], z[:, 1], z[:, 0] + z[:, 1], 2 * z[:, 0] - z[:, 1], z[:, 1] * 0.5]) * 3 + 10
+    x += rng.normal(scale=0.1, size=x.shape)
+    lines = ["a,b,c,d,e"] + [",".join(f"{v:.5f}" for v in row) for row in x]
+    (d / "table.csv").write_text("\n".join(lines) + "\n")
+    return _train(d / "run", "--data", d / "table.csv", "--epochs", 8, "--latent-dim", 2, "--hidden", 32,
+                  "--batch-size", 32)
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("serve-image")
+    return _train(d / "run", "--data", "digits", "--epochs", 2, "--latent-dim", 4, "--hidden", 64)
+
+
+@pytest.fixture(scope="module")
+def cvae_run(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("serve-cvae")
+    return _train(d / "run", "--data", "digits", "--model", "cvae", "--epochs", 1, "--latent-dim", 4, "--hidden", 64)
+
+
+def _client(run_dir: Path, **kw) -> tuple[TestClient, RunService]:
+    svc = RunService(open_run(run_dir, device="cpu"), **kw)
+    return TestClient(api.create_app(svc)), svc
+
+
+def _table_rows(n: int = 3) -> list[list[float]]:
+    return [[10.0, 10.0, 10.0, 10.0, 10.0]] * n
+
+
+# -- the JSON API -------------------------------------------------------------------------------------------
+def test_api_answers_every_operation(table_run):
+    c, svc = _client(table_run)
+    schema = c.get("/openapi.json").json()
+    assert schema["openapi"].startswith("3.")
+    assert set(schema["paths"]) >= {"/encode", "/decode", "/sample", "/reconstruct", "/score", "/info"}
+    x_schema = schema["paths"]["/encode"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert x_schema["properties"]["x"]["items"]["minItems"] == 5  # this run's rows have 5 columns
+    enc = c.post("/encode", json={"x": _table_rows(3)}).json()
+    assert np.shape(enc["mean"]) == (3, 2) and np.shape(enc["logvar"]) == (3, 2)
+    dec = c.post("/decode", json={"z": [[0.0, 0.0], [1.0, -1.0]]}).json()
+    assert np.shape(dec["x"]) == (2, 5)
+    # outputs in the data's own units (the columns were centred near 10), not standardised ones
+    assert 5 < np.mean(dec["x"]) < 15
+    s1 = c.post("/sample", json={"n": 4, "seed": 3}).json()["x"]
+    s2 = c.post("/sample", json={"n": 4, "seed": 3}).json()["x"]
+    s3 = c.post("/sample", json={"n": 4, "seed": 4}).json()["x"]
+    assert np.shape(s1) == (4, 5) and s1 == s2 and s1 != s3
+    rec = c.post("/reconstruct", json={"x": _table_rows(2)}).json()
+    assert np.shape(rec["x"]) == (2, 5) and len(rec["recon_nll"]) == 2
+    far = [[60.0, -40.0, 60.0, -40.0, 60.0]]
+    sc = c.post("/score", json={"x": _table_rows(1) + far}).json()
+    assert sc["threshold"] is not None and math.isfinite(sc["threshold"])
+    assert sc["score"][1] > sc["score"][0] and sc["anomalous"] == [s > sc["threshold"] for s in sc["score"]]
+    assert sc["anomalous"][1] is True
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"", 400, "no body"),
+    (b"[1, 2]", 422, "JSON object"),
+    (b'{"x": [[1, 2, 3, 4, 5], [1, 2]]}', 422, "rectangular"),
+    (b'{"x": [[1, 2, 3, 4]]}', 422, "shape"),
+    (b'{"x": [[1, 2, 3, 4, NaN]]}', 422, "non-finite"),
+    (b'{"x": [[1, 2, 3, 4, Infinity]]}', 422, "non-finite"),
+    (b'{"x": "rows"}', 422, "must be a list"),
+    (b'{"x": [["a", "b", "c", "d", "e"]]}', 422, "numbers"),
+    (b'{"x": []}', 422, "non-empty"),
+    (b'{"y": 1, "x": [[1, 2, 3, 4, 5]]}', 422, "not conditional"),
+    (b'{"rows": [[1, 2, 3, 4, 5]]}', 422, "no 'x'"),
+])
+def test_api_bad_requests_get_one_line_4xx(table_run, body, status, words):
+    c, _ = _client(table_run)
+    r = c.post("/encode", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert words in err and "\n" not in err
+
+
+def test_api_limits_and_latent_checks(table_run):
+    c, _ = _client(table_run, max_batch=8)
+    assert c.post("/encode", json={"x": _table_rows(9)}).status_code == 413
+    assert c.post("/sample", json={"n": 9}).status_code == 413
+    for bad in ({"z": [[0.0]]}, {"z": [[0.0, 1e9]]}, {"z": [[0.0, None]]}, {"z": []}):
+        r = c.post("/decode", json=bad)
+        assert r.status_code == 422 and r.json()["error"]
+    for bad in ({"n": 0}, {"n": 2.5}, {"n": True}, {"temperature": 0}, {"temperature": "hot"}, {"seed": -1}):
+        assert c.post("/sample", json=bad).status_code == 422, bad
+
+
+def test_api_body_limit(table_run):
+    c = TestClient(api.create_app(RunService(open_run(table_run, device="cpu")), max_body=1000))
+    r = c.post("/encode", json={"x": _table_rows(100)})
+    assert r.status_code == 413 and "bytes" in r.json()["error"]
+    chunks = (b'{"x": [' if i == 0 else b"[1,2,3,4,5]," for i in range(200))  # no Content-Length: streamed
+    r = c.post("/encode", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert c.post("/encode", json={"x": _table_rows(2)}).status_code == 200
+
+
+def test_api_images_and_conditional_labels(image_run, cvae_run):
+    c, svc = _client(image_run)
+    flat = np.zeros((2, 64)).tolist()
+    nested = np.zeros((2, 1, 8, 8)).tolist()
+    a, b = (c.post("/encode", json={"x": x}).json()["mean"] for x in (flat, nested))
+    assert np.allclose(a, b) and np.shape(a) == (2, 4)
+    r = c.post("/encode", json={"x": np.full((1, 64), 3.0).tolist()})
+    assert r.status_code == 422 and "[0, 1]" in r.json()["error"]
+    assert np.shape(c.post("/decode", json={"z": [[0, 0, 0, 0]]}).json()["x"]) == (1, 1, 8, 8)
+
+    c, svc = _client(cvae_run)
+    assert c.post("/encode", json={"x": flat}).status_code == 422  # labels are needed
+    e3 = c.post("/encode", json={"x": flat, "y": [3, 3]}).json()["mean"]
+    e5 = c.post("/encode", json={"x": flat, "y": "5"}).json()["mean"]  # one label for all, by name
+    assert not np.allclose(e3, e5)
+    r = c.post("/decode", json={"z": [[0, 0, 0, 0]], "y": 11})
+    assert r.status_code == 422 and "unknown label" in r.json()["error"]
+    d3 = c.post("/decode", json={"z": [[0, 0, 0, 0]], "y": 3}).json()["x"]
+    d7 = c.post("/decode", json={"z": [[0, 0, 0, 0]], "y": 7}).json()["x"]
+    assert not np.allclose(d3, d7)
+    assert np.shape(c.post("/sample", json={"n": 3, "y": [0, 1, 2]}).json()["x"]) == (3, 1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(table_run):
+    return api.create_app(RunService(open_run(table_run, device="cpu"), max_batch=64))
+
+
+def test_api_fuzzed_from_its_schema_never_answers_5xx(fuzz_app):
+    """Bodies generated from the run's own schema, valid and invalid (schemathesis' positive and negative
+    modes), against every operation: each answer is a 2xx, or a 4xx with a one-line reason."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis.generation import GenerationMode
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
+    seen: dict[int, int] = {}
+    operations = [r.ok() for r in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/encode", "/decode", "/sample", "/reconstruct", "/score"}
+    for op in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @given(case=op.as_strategy(generation_mode=mode))
+            @settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            def run(case):
+                response = case.call()
+                seen[response.status_code] = seen.get(response.status_code, 0) + 1
+                assert response.status_code < 500, (case.path, case.body, response.text)
+                if response.status_code >= 400:
+                    assert "\n" not in response.json()["error"]
+
+            try:
+                run()
+            except Unsatisfiable:  # an operation without a body (GET /info) has nothing to make invalid
+                assert mode == GenerationMode.NEGATIVE and op.method.upper() == "GET"
+    assert any(200 <= s < 300 for s in seen) and any(400 <= s < 500 for s in seen), seen
+
+
+# -- a real server --------------------------------------------------------------------------------------------
+def _start(argv: list[str], what: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "vaekit.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    line = ""
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if what in line or proc.poll() is not None:
+            break
+    if what not in line:
+        proc.kill()
+        raise AssertionError(f"server did not start: {line!r} {proc.stderr.read()}")
+    url = line.split(" at ", 1)[1].split()[0]
+    return proc, url.rstrip("/")
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_serve_command_binds_loopback_and_serves_concurrent_clients(table_run):
+    proc, url = _start(["serve", str(table_run), "--port", "0"], "serving")
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url + "/openapi.json", timeout=10) as r:
+            assert "/encode" in json.loads(r.read())["paths"]
+        results: list[int] = []
+        lock = threading.Lock()
+
+        def client(k: int) -> None:
+            for i in range(15):
+                body = {"x": _table_rows(4)} if i % 3 else {"x": [[1, 2]]}  # every third request is bad
+                status, out = _post(url + ("/encode" if k % 2 else "/score"), body)
+                with lock:
+                    results.append(status if i % 3 else -status)
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 8 * 15
+        assert all(s == 200 for s in results if s > 0) and all(s == -422 for s in results if s < 0)
+        assert _post(url + "/decode", {"z": [[0.0, 0.0]]})[0] == 200  # still serving
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["serve", "RUN", "--port", "70000"], "--port"),
+    (["serve", "RUN", "--max-batch", "0"], "--max-batch"),
+    (["explore", "RUN", "--points", "1"], "--points"),
+    (["serve", "RUN", "--contamination", "0.9"], "contamination"),
+    (["serve", "MISSING"], ""),
+])
+def test_serve_and_explore_bad_flags(table_run, tmp_path, capsys, argv, words):
+    argv = [str(table_run) if a == "RUN" else str(tmp_path / "nope") if a == "MISSING" else a for a in argv]
+    code, out, err = cli(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and words in err
+
+
+# -- the explorer's routes -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def explore_client(image_run):
+    svc = RunService(open_run(image_run, device="cpu"))
+    ex = explorer.Explorer(svc, points=150)
+    return TestClient(explorer.create_app(ex)), ex
+
+
+def test_explorer_state_and_map_inverse(explore_client):
+    c, ex = explore_client
+    assert "<canvas" in c.get("/").text and c.get("/static/explorer.js").status_code == 200
+    st = c.get("/api/state").json()
+    assert len(st["coords"]) == len(st["examples"]) == len(st["scores"]) == 150
+    assert st["labels"] is not None and len(st["flags"]) == 150
+    kls = [d["kl"] for d in st["dims"]]
+    assert kls == sorted(kls, reverse=True) and len(kls) == 4
+    assert st["examples"][0]["type"] == "image" and st["examples"][0]["width"] == 8
+    # a map position decodes to a latent whose place on the map is that position (PCA inverts exactly)
+    r = c.post("/api/decode", json={"point": [0.3, -0.2]}).json()
+    assert np.allclose(r["map"], [0.3, -0.2], atol=1e-6)
+    r2 = c.post("/api/decode", json={"point": [2.0, 1.0]}).json()
+    assert r["view"]["data"] != r2["view"]["data"]
+    # an example's own code decodes to its reconstruction and sits at its own place
+    z = st["codes"][5]
+    r3 = c.post("/api/decode", json={"z": z, "index": 5}).json()
+    assert np.allclose(r3["map"], st["coords"][5], atol=1e-4)
+    for bad in ({"point": [1]}, {"point": [0, float("nan")]}, {"z": [0, 0]}, {}, {"point": [0, 0], "index": 10**6}):
+        resp = c.post("/api/decode", content=json.dumps(bad), headers={"content-type": "application/json"})
+        assert resp.status_code == 422 and resp.json()["error"], bad
+
+
+def test_explorer_interpolate_and_upload(explore_client, tmp_path):
+    c, ex = explore_client
+    st = c.get("/api/state").json()
+    r = c.post("/api/interpolate", json={"a": 1, "b": 2, "steps": 7, "method": "slerp"}).json()
+    assert len(r["frames"]) == 7 and np.allclose(r["map"][0], st["coords"][1], atol=1e-4)
+    assert np.allclose(r["map"][-1], st["coords"][2], atol=1e-4)
+    assert c.post("/api/interpolate", json={"a": 1, "b": 2, "steps": 1}).status_code == 422
+    assert c.post("/api/interpolate", json={"a": 1, "b": 2, "method": "cubic"}).status_code == 422
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.eye(8) * 255).astype(np.uint8)).save(buf, format="PNG")
+    up = c.post("/api/upload?name=mine.png", content=buf.getvalue()).json()
+    item = up["items"][0]
+    assert item["view"]["type"] == "image" and item["reconstruction"]["type"] == "image"
+    assert math.isfinite(item["score"]) and item["anomalous"] == (item["score"] > up["threshold"])
+    rows = np.zeros((3, 64))
+    csv = "\n".join(",".join("0" for _ in range(64)) for _ in rows) + "\n"
+    assert len(c.post("/api/upload?name=rows.csv", content=csv.encode()).json()["items"]) == 3
+    for name, data in (("x.png", b"not an image"), ("x.exe", b"MZ"), ("x.png", b"")):
+        resp = c.post(f"/api/upload?name={name}", content=data)
+        assert 400 <= resp.status_code < 500 and resp.json()["error"], name
