@@ -195,7 +195,8 @@ class RunService:
         if any(not t for t in toks):
             raise RequestError(f"{name}: an empty sentence; send at least one token")
         ids, mask, _ = encode(toks, src["vocab"], self.spec.shape[0])
-        return Batch(torch.from_numpy(ids).reshape(len(ids), -1, 1).float(), mask=torch.from_numpy(mask).float())
+        return Batch(torch.from_numpy(ids).reshape(len(ids), -1, 1).float(),
+                     mask=torch.from_numpy(mask).reshape(len(ids), -1, 1).float())
 
     def _with_condition(self, b: Batch, body: dict[str, Any]) -> Batch:
         if self.field is None:

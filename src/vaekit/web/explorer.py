@@ -241,7 +241,7 @@ class Explorer:
         return {"frames": self.views(x), "map": [self.place(v) for v in zn]}
 
     def upload(self, name: str, data: bytes) -> dict[str, Any]:
-        """An uploaded file -> up to 16 of its examples placed, reconstructed and scored."""
+        """An uploaded file -> up to 8 of its examples placed, reconstructed and scored."""
         svc = self.service
         suffix = Path(name).suffix.lower()
         if not data:
@@ -252,7 +252,7 @@ class Explorer:
             path = folder / f"upload{suffix}"
             path.write_bytes(data)
             b = self._read_upload(path, suffix)
-        b = b[:16]
+        b = b[:8]
         sc = svc.scorer()
         with svc._lock, torch.no_grad():
             mu, _ = embed(svc.model, b)
@@ -260,8 +260,9 @@ class Explorer:
 
             x_hat, _ = reconstruct(svc.model, b)
             scores = svc._scores(b, sc).numpy()
-        if svc.kind == "text":
-            x_hat = x_hat.argmax(-1, keepdim=True).float() if x_hat.shape[-1] > 1 else x_hat
+        if svc.kind == "text":  # a sentence is reconstructed by decoding its code greedily, word after word
+            with svc._lock:
+                x_hat = svc.model.generate_tokens(mu.to(svc.model.device, svc.model.dtype), greedy=True).float().cpu()
         thr = self.threshold
         views, recons = self.views(b.x), self.views(x_hat)
         items = [{"view": v, "reconstruction": r, "score": float(s),

@@ -87,10 +87,32 @@ function tableNode(view) {
   return wrap;
 }
 
+function diverging(v) {  // standardised value -> blue (low) / white / red (high), saturating at 3 SDs
+  const t = Math.max(-1, Math.min(1, v / 3)), a = Math.abs(t);
+  const [r, g, b] = t < 0 ? [59, 91, 219] : [214, 51, 108];
+  return `rgb(${Math.round(255 + (r - 255) * a)},${Math.round(255 + (g - 255) * a)},${Math.round(255 + (b - 255) * a)})`;
+}
+
+function heatCanvas(view, size) {
+  // a compact picture of a table row: one cell per column, coloured by its standardised value
+  const n = view.scaled.length, cols = Math.ceil(Math.sqrt(n)), rows = Math.ceil(n / cols);
+  const cell = Math.max(3, Math.floor(size / cols));
+  const cv = document.createElement("canvas");
+  cv.width = cols * cell; cv.height = rows * cell; cv.className = "heat";
+  cv.title = view.columns.map((c, i) => `${c}: ${fmt(view.values[i])}`).join("\n");
+  const ctx = cv.getContext("2d");
+  ctx.fillStyle = "#f1f3f5"; ctx.fillRect(0, 0, cv.width, cv.height);
+  view.scaled.forEach((v, i) => {
+    ctx.fillStyle = diverging(v);
+    ctx.fillRect((i % cols) * cell + 0.5, Math.floor(i / cols) * cell + 0.5, cell - 1, cell - 1);
+  });
+  return cv;
+}
+
 function viewNode(view, size) {
   if (view.type === "image") return imageCanvas(view, size);
   if (view.type === "series") return seriesCanvas(view, size);
-  if (view.type === "table") return tableNode(view);
+  if (view.type === "table") return size >= 200 ? tableNode(view) : heatCanvas(view, size);
   const d = document.createElement("div");
   d.className = "sentence"; d.textContent = view.text || "(empty)";
   return d;
@@ -335,7 +357,10 @@ async function interpolate() {
     const strip = $("strip");
     strip.innerHTML = "";
     const fit = Math.floor((strip.clientWidth - 4 * (steps - 1)) / steps);
-    const size = S.state.info.kind === "image" ? Math.max(24, Math.min(64, fit)) : 120;
+    const kind = S.state.info.kind;
+    const size = kind === "image" || kind === "table" ? Math.max(24, Math.min(64, fit))
+      : kind === "series" ? Math.max(30, Math.floor(fit / 1.6)) : 120;
+    strip.classList.toggle("column", kind === "text");
     r.frames.forEach((f) => {
       const d = document.createElement("div");
       d.className = "frame view";
@@ -425,7 +450,7 @@ async function start() {
     if (i === null) { tip.classList.add("hidden"); S.hover = null; return; }
     if (i !== S.hover) {
       S.hover = i;
-      const size = info.kind === "image" ? 84 : 120;
+      const size = info.kind === "image" ? 84 : info.kind === "table" ? 216 : 120;
       show(tip.querySelector(".tip-view"), st.examples[i], size);
       tip.querySelector(".tip-text").textContent = describe(i);
     }
