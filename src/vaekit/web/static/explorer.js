@@ -145,6 +145,7 @@ function layoutMap() {
   const span = Math.max(Math.max(...xs) - Math.min(...xs), Math.max(...ys) - Math.min(...ys)) || 1;
   const cx = (Math.max(...xs) + Math.min(...xs)) / 2, cy = (Math.max(...ys) + Math.min(...ys)) / 2;
   map.lo = [cx - span * 0.53, cy - span * 0.53]; map.hi = [cx + span * 0.53, cy + span * 0.53];
+  drawBase();
   drawMap();
 }
 
@@ -185,9 +186,14 @@ function pointColour(i) {
   return ramp((st.scores[i] - lo) / ((hi - lo) || 1));
 }
 
-function drawMap() {
-  const {ctx} = map, st = S.state;
-  ctx.clearRect(0, 0, map.w, map.h);
+function drawBase() {
+  // the examples' points, drawn once per layout or colouring into an offscreen canvas: a decode only
+  // redraws the markers over a copy of it
+  const dpr = window.devicePixelRatio || 1, st = S.state;
+  const base = map.base || (map.base = document.createElement("canvas"));
+  base.width = map.cv.width; base.height = map.cv.height;
+  const ctx = base.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.globalAlpha = 0.78;
   st.coords.forEach((p, i) => {
     const [x, y] = toPx(p);
@@ -203,6 +209,15 @@ function drawMap() {
       ctx.beginPath(); ctx.arc(x, y, 5, 0, 2 * Math.PI); ctx.stroke();
     });
   }
+}
+
+function drawMap() {
+  const {ctx} = map, st = S.state;
+  ctx.save();
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.clearRect(0, 0, map.cv.width, map.cv.height);
+  ctx.drawImage(map.base, 0, 0);
+  ctx.restore();
   const ring = (i, colour, label) => {
     if (i === null) return;
     const [x, y] = toPx(st.coords[i]);
@@ -429,7 +444,7 @@ async function start() {
     b.addEventListener("click", () => {
       S.mode = b.dataset.mode;
       document.querySelectorAll("#colour-by button").forEach((o) => o.classList.toggle("on", o === b));
-      legend(); drawMap();
+      legend(); drawBase(); drawMap();
     });
   });
   if (info.conditional === "y") {
