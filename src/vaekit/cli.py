@@ -136,6 +136,8 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--cuda-graphs", "cuda_graphs", _on_off, "on | off: on a GPU, replay each training step as one CUDA graph (default on)"),
     ("--iw-samples", "iw_samples", int, "importance samples for the final test NLL (0: skip)"),
     ("--checkpoint-every", "checkpoint_every", _finite, "seconds between checkpoints inside an epoch (0: at epoch ends only)"),
+    ("--tensorboard", "tensorboard", str, "also log the training curves and sample grids to this folder for TensorBoard "
+     "(needs pip install 'vaekit[tensorboard]'; --resume appends to it)"),
     ("--recon-loss", "recon_loss", str, "likelihood | perceptual (adds a frozen feature net's feature distance, DFC-VAE)"),
     ("--feature-net", "feature_net", str, "--recon-loss perceptual: a directory written by vaekit features (safetensors + architecture name)"),
     ("--perceptual-weight", "perceptual_weight", _finite, "weight of the perceptual term against the pixel log-likelihood"),

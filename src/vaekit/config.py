@@ -76,6 +76,9 @@ class TrainConfig:
     activations of x and of the decoder's mean in the frozen ``feature_net``, DFC-VAE; see
     ``vaekit.perceptual``). A training objective, not a model: the ELBO reported stays the true one.
     feature_net: a directory written by ``vaekit features`` (its weights are copied into the run).
+    tensorboard: a folder to log the run to for TensorBoard (``vaekit.tensorboard.TensorBoardLogger``:
+    every epoch's metrics, sample grids), the optional extra ``vaekit[tensorboard]``; None: no log.
+    Where it logs, not what is trained: it may change on --resume, and a resumed run appends to it.
     """
 
     epochs: int = 10
@@ -103,6 +106,7 @@ class TrainConfig:
     recon_loss: str = "likelihood"
     feature_net: str | None = None
     perceptual_weight: float = 1.0
+    tensorboard: str | None = None
 
 
 @dataclass

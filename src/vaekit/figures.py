@@ -24,8 +24,8 @@ from PIL import Image
 
 from .io import atomic_path
 
-__all__ = ["image_grid", "save_image_grid", "save_kl_per_dim", "save_png", "save_reconstructions",
-           "save_samples", "save_training_curves"]
+__all__ = ["display_images", "grid_array", "image_grid", "reconstruction_grid", "save_image_grid", "save_kl_per_dim",
+           "save_png", "save_reconstructions", "save_samples", "save_training_curves"]
 
 PathLike = str | os.PathLike
 UNIT_KINDS = ("binary", "8bit", "unit")  # kinds whose values already lie in [0, 1]
@@ -131,15 +131,29 @@ def _upscaled(a: np.ndarray, s: int) -> np.ndarray:
     return a if s == 1 else a.repeat(s, axis=2).repeat(s, axis=3)
 
 
+def display_images(images: Any, kind: str | None = None) -> np.ndarray:
+    """Images (N, C, H, W) (or (N, H, W)) in data units -> (N, C, H, W) float64 in [0, 1], with the
+    display range the figures use (see ``_display_range``)."""
+    a = _as_images(images)
+    if a is None:
+        raise ValueError(f"expected images (N, C, H, W), got shape {np.shape(_np(images))}")
+    return _to_unit(a, _display_range(a, kind))
+
+
+def grid_array(images: Any, nrow: int | None = None, upscale: int | None = None, *, kind: str | None = None,
+               pad: int = 2) -> np.ndarray:
+    """``save_image_grid``'s picture as a uint8 array (H', W', C') instead of a file."""
+    a = display_images(images, kind)
+    return image_grid(_upscaled(a, _auto_upscale(a.shape[2], a.shape[3], upscale)), nrow, pad)
+
+
 def save_image_grid(path: PathLike, images: Any, nrow: int | None = None, upscale: int | None = None,
                     *, kind: str | None = None, pad: int = 2) -> Path:
     """Images (N, C, H, W) in data units as one PNG grid; small images are upscaled (nearest
     neighbour, default: to >= 28 px per cell, e.g. 8x8 -> 32x32). See ``image_grid`` for sizes."""
-    a = _as_images(images)
-    if a is None:
+    if _as_images(images) is None:
         raise ValueError(f"save_image_grid needs images (N, C, H, W), got shape {np.shape(_np(images))}")
-    a = _to_unit(a, _display_range(a, kind))
-    return save_png(path, image_grid(_upscaled(a, _auto_upscale(a.shape[2], a.shape[3], upscale)), nrow, pad))
+    return save_png(path, grid_array(images, nrow, upscale, kind=kind, pad=pad))
 
 
 # -- reconstructions and samples ------------------------------------------------------------------
@@ -160,20 +174,32 @@ def save_reconstructions(path: PathLike, x: Any, x_hat: Any, n: int = 16, *, kin
                            labels=("original", "reconstruction"))
     n = max(1, min(n, len(xa)))
     xa, xb = xa[:n], xb[:n]
+    if _as_images(xa) is not None:
+        return save_png(path, reconstruction_grid(xa, xb, n, kind=kind, ncol=ncol))
     rng = _display_range(xa, kind)  # from the originals, so both rows share one scale
-    imgs = _as_images(xa)
-    if imgs is not None:
-        ori, rec = _to_unit(imgs, rng), _to_unit(_as_images(xb), rng)
-        s = _auto_upscale(ori.shape[2], ori.shape[3], None)
-        ori, rec = _upscaled(ori, s), _upscaled(rec, s)
-        ncol = max(1, min(ncol, n))
-        blank = np.full((ncol * math.ceil(n / ncol) - n, *ori.shape[1:]), 0.5)
-        ori, rec = np.concatenate([ori, blank]), np.concatenate([rec, blank])
-        blocks = [image_grid(np.concatenate([ori[i : i + ncol], rec[i : i + ncol]]), nrow=ncol)
-                  for i in range(0, len(ori), ncol)]
-        gap = np.full((4, blocks[0].shape[1], blocks[0].shape[2]), 255, dtype=np.uint8)
-        return save_png(path, np.concatenate([p for b in blocks for p in (b, gap)][:-1]))
     return _save_table_recon(path, xa.reshape(n, -1), xb.reshape(n, -1), rng, kind)
+
+
+def reconstruction_grid(x: Any, x_hat: Any, n: int = 16, *, kind: str | None = None, ncol: int = 8) -> np.ndarray:
+    """``save_reconstructions``' picture of images as a uint8 array (H', W', C'): blocks of two
+    rows, the first ``n`` originals ``x`` (N, C, H, W) above their reconstructions ``x_hat``, on
+    the originals' display range."""
+    xa, xb = _np(x), _np(x_hat)
+    n = max(1, min(n, len(xa)))
+    imgs = _as_images(xa[:n])
+    if imgs is None or xa.shape != xb.shape:
+        raise ValueError(f"expected two image arrays (N, C, H, W) of one shape, got {xa.shape} and {xb.shape}")
+    rng = _display_range(imgs, kind)  # from the originals, so both rows share one scale
+    ori, rec = _to_unit(imgs, rng), _to_unit(_as_images(xb[:n]), rng)
+    s = _auto_upscale(ori.shape[2], ori.shape[3], None)
+    ori, rec = _upscaled(ori, s), _upscaled(rec, s)
+    ncol = max(1, min(ncol, n))
+    blank = np.full((ncol * math.ceil(n / ncol) - n, *ori.shape[1:]), 0.5)
+    ori, rec = np.concatenate([ori, blank]), np.concatenate([rec, blank])
+    blocks = [image_grid(np.concatenate([ori[i : i + ncol], rec[i : i + ncol]]), nrow=ncol)
+              for i in range(0, len(ori), ncol)]
+    gap = np.full((4, blocks[0].shape[1], blocks[0].shape[2]), 255, dtype=np.uint8)
+    return np.concatenate([p for b in blocks for p in (b, gap)][:-1])
 
 
 def _save_table_recon(path: PathLike, xa: np.ndarray, xb: np.ndarray, rng: tuple[float, float],

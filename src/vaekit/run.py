@@ -111,7 +111,8 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
     ``vaekit.train("mnist", epochs=10, out="runs/mnist", latent_dim=20)``. Options are the flat
     config names (``python -c "import vaekit; print(vaekit.options())"`` lists them). With
     ``resume=True`` the configuration is read from ``out/config.json`` and training continues
-    from ``out/last.safetensors`` (``epochs`` may be raised to train longer).
+    from ``out/last.safetensors`` (``epochs`` may be raised to train longer). ``tensorboard=DIR``
+    also logs the run for TensorBoard (``vaekit.tensorboard``; a resumed run appends to its log).
     """
     run_dir = Path(out) if out is not None else None
     if resume and run_dir is not None and data is not None and not (run_dir / "config.json").exists() \
@@ -131,6 +132,10 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
         if run_dir is not None and (run_dir / "config.json").exists():
             raise UsageError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     check_config(cfg.train)
+    if cfg.train.tensorboard:  # installed, and a folder this run may log to: before any work
+        from .tensorboard import check_log_dir
+
+        check_log_dir(cfg.train.tensorboard, resume=resume)
     from .perceptual import build_perceptual, check_recon_loss
 
     perceptual = check_recon_loss(cfg)
@@ -153,7 +158,18 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
         elif resume:  # killed before its first checkpoint: start over with the saved settings
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         _write_config(run_dir, cfg, model, d, resumed=resume)
-    history = trainer.fit()
+    board = None
+    if cfg.train.tensorboard:
+        from .tensorboard import TensorBoardLogger
+
+        board = TensorBoardLogger(cfg.train.tensorboard, seed=cfg.train.seed,
+                                  config={**cfg.to_dict(), "model": dataclasses.asdict(model.config)})
+        trainer.callbacks = [*trainer.callbacks, board]  # (not appended: the list may be the caller's)
+    try:
+        history = trainer.fit()
+    finally:
+        if board is not None:
+            board.close()
     run = Run(run_dir, trainer.eval_model, cfg, history, data=d)
     if run_dir is not None:
         if not (run_dir / "model.safetensors").exists():  # validation never finite: keep the last weights
@@ -166,10 +182,10 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
     return run
 
 
-#: What may change on --resume: length, where and how fast it computes, and how the same objective's
-#: gradient is estimated (an IWAE's --gradient-estimator); never the model or the data.
+#: What may change on --resume: length, where and how fast it computes, how the same objective's
+#: gradient is estimated (an IWAE's --gradient-estimator) and where it logs; never the model or the data.
 RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "patience", "matmul_precision", "gradient_estimator", "cuda_graphs",
-                     "checkpoint_every")
+                     "checkpoint_every", "tensorboard")
 
 
 def _check_resume_options(run_dir: Path, cfg: RunConfig, data: str | None, options: dict[str, Any]) -> None:

@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..apps.common import check_out, class_names, label_index, run_inputs, save_array, to_original_units
+from ..apps.common import (LoadedRun, check_out, class_names, label_index, run_inputs, save_array,
+                           to_original_units)
 from ..apps.conditional import condition_field, cond_of, example_cond, label_name, require_labels, run_label
 from ..apps.latent import (METHODS, attribute_vector, edit, embed, interpolate, map_2d, most_active_dims, transfer,
                            traverse)
 from ..apps.plots import save_frames, save_latent_map
+from ..data.datasets import Split
 from ..errors import UsageError
+from ..tensorboard import PROJECTOR_POINTS
 from ._shared import add_run_args, emit, example, example_batch, open_from_args, positive
 
 FIG = (".png",)
@@ -66,13 +69,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_edit)
 
-    m = sub.add_parser("embed", help="posterior means (and variances) of inputs, plus a 2-D latent map")
+    m = sub.add_parser("embed", help="posterior means (and variances) of inputs, plus a 2-D latent map "
+                                     "or a folder for TensorBoard's embedding projector")
     add_run_args(m)
     m.add_argument("--input", default=None, help="image folder/file, .npy/.npz or .csv (default: the run's split)")
-    m.add_argument("--out", required=True, help="latents.csv or .npy/.npz")
+    m.add_argument("--out", default=None, help="latents.csv or .npy/.npz (this, --projector or both)")
     m.add_argument("--variance", action="store_true", help="also write the posterior variances")
     m.add_argument("--map", choices=["pca", "tsne", "none"], default="pca", help="2-D map method when D > 2")
-    m.add_argument("--map-out", default=None, help="latent map .png (default: beside --out)")
+    m.add_argument("--map-out", default=None,
+                   help="latent map .png (default: beside --out; without --out, only when given)")
+    m.add_argument("--projector", default=None,
+                   help="also write the posterior means, labels and thumbnails to this folder for TensorBoard's "
+                        f"embedding projector (the first {PROJECTOR_POINTS:,} examples unless --limit; "
+                        "needs pip install 'vaekit[tensorboard]')")
     m.add_argument("--limit", type=int, default=None, help="only the first N examples")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--json", action="store_true")
@@ -273,28 +282,79 @@ def _edit_to_label(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    if args.out is None and args.projector is None:
+        raise UsageError("embed writes --out latents.csv|.npy|.npz, a --projector folder, or both; give one")
+    if args.projector is not None:
+        from ..tensorboard import require_tensorboard
+
+        require_tensorboard("--projector")
     run = open_from_args(args)
     out = check_out(args.out, (".csv", ".npy", ".npz"))
-    map_out = None if args.map == "none" else check_out(args.map_out or out.with_name(out.stem + "-map.png"), FIG,
-                                                         "--map-out")
-    s = run_inputs(run, args.input, split=args.split, data_dir=args.data_dir, limit=args.limit)
+    map_at = args.map_out or (out.with_name(out.stem + "-map.png") if out is not None else None)
+    map_out = None if args.map == "none" or map_at is None else check_out(map_at, FIG, "--map-out")
+    projector = None if args.projector is None else Path(args.projector)
+    if projector is not None and not projector.parent.exists():
+        raise UsageError(f"--projector {projector}: folder {projector.parent} does not exist")
+    if projector is not None and projector.exists() and not projector.is_dir():
+        raise UsageError(f"--projector {projector} is a file; give a folder")
+    # without --out and --limit only the projector's points are encoded
+    limit = args.limit if args.limit is not None or out is not None else PROJECTOR_POINTS
+    s = run_inputs(run, args.input, split=args.split, data_dir=args.data_dir, limit=limit)
     mu, var = embed(run.model, s)
     d = mu.shape[1]
-    table = torch.cat([mu, var], 1) if args.variance else mu
-    header = [f"z{i}" for i in range(d)] + ([f"var{i}" for i in range(d)] if args.variance else [])
-    if out.suffix.lower() == ".npz":
-        from ..io import atomic_path
-
-        arrays = {"mean": mu.numpy(), **({"var": var.numpy()} if args.variance else {}),
-                  **({"y": s.y.numpy()} if s.y is not None else {})}
-        with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    else:
-        save_array(out, table.numpy(), header=header)
+    if out is not None:
+        _write_latents(out, mu, var if args.variance else None, s.y)
     if map_out is not None:
         coords, axes = map_2d(mu.numpy(), method=args.map, seed=args.seed)
         save_latent_map(map_out, coords, labels=None if s.y is None else s.y.numpy(),
                         names=class_names(run.source, run.spec.num_classes), axes_label=axes,
                         title=f"latent map of {len(mu)} examples")
-    return emit(args, {"out": str(out), "map": None if map_out is None else str(map_out), "n": len(mu), "latent_dim": d},
-                [f"embedded {len(mu)} examples into {d} dimensions: {out}"] + ([f"latent map: {map_out}"] if map_out else []))
+    lines = [f"embedded {len(mu)} examples into {d} dimensions" + (f": {out}" if out is not None else "")]
+    res = {"out": None if out is None else str(out), "map": None if map_out is None else str(map_out), "n": len(mu),
+           "latent_dim": d}
+    if map_out is not None:
+        lines.append(f"latent map: {map_out}")
+    if projector is not None:
+        res["projector"] = _write_projector(run, projector, s, mu, args)
+        lines.append(f"projector: {projector} ({res['projector']['points']} points; "
+                     f"tensorboard --logdir {projector}, then the PROJECTOR tab)")
+    return emit(args, res, lines)
+
+
+def _write_latents(out: Path, mu: torch.Tensor, var: torch.Tensor | None, y: torch.Tensor | None) -> None:
+    """The posterior means (and variances): a table (.csv, .npy) or named arrays (.npz, with the labels)."""
+    if out.suffix.lower() == ".npz":
+        from ..io import atomic_path
+
+        arrays = {"mean": mu.numpy(), **({"var": var.numpy()} if var is not None else {}),
+                  **({"y": y.numpy()} if y is not None else {})}
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        return
+    d = mu.shape[1]
+    table = torch.cat([mu, var], 1) if var is not None else mu
+    header = [f"z{i}" for i in range(d)] + ([f"var{i}" for i in range(d)] if var is not None else [])
+    save_array(out, table.numpy(), header=header)
+
+
+def _write_projector(run: LoadedRun, folder: Path, s: Split, mu: torch.Tensor, args: argparse.Namespace) -> dict:
+    """The first ``--limit`` (default ``PROJECTOR_POINTS``) posterior means for TensorBoard's
+    projector (``tensorboard.write_projector``), with each example's index in the inputs, its class
+    name where the inputs have labels, its text for sentences, and thumbnails for images."""
+    from ..tensorboard import write_projector
+
+    n = min(len(mu), args.limit or PROJECTOR_POINTS)
+    meta: dict[str, list] = {"index": list(range(n))}
+    if s.y is not None:
+        names = class_names(run.source, run.spec.num_classes)
+        meta["label"] = [names[int(v)] if 0 <= int(v) < len(names) else "unlabelled" for v in s.y[:n]]
+    if run.spec.kind == "tokens":
+        from ..data.text import ids_to_text
+
+        meta["text"] = ids_to_text(s.x[:n], s.mask[:n] if s.mask is not None else None, run.source["vocab"],
+                                   run.source["tokens"])
+    where = f"{args.input}" if args.input is not None else f"the {args.split} split of {run.config.data.source}"
+    return write_projector(folder, mu[:n], metadata=meta, images=s.x[:n] if run.spec.is_image else None,
+                           kind=run.spec.kind, name=f"{run.dir.name} posterior means",
+                           description=f"posterior means of {n} examples ({where}) under the run {run.dir}, "
+                                       f"{mu.shape[1]} dimensions")
