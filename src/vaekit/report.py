@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,7 +128,10 @@ def write_report(run: "Run", res: dict[str, Any]) -> None:
     from .apps.report_html import build_report
 
     assert run.dir is not None and run.data is not None
-    loaded = LoadedRun(run.dir, run.model, run.config, run.data.spec, run.data.source)
+    # the settings as config.json holds them (resolved: likelihood and widths filled in), as on a page
+    # that ``vaekit report`` rebuilds from the directory
+    config = dataclasses.replace(run.config, model=run.model.config)
+    loaded = LoadedRun(run.dir, run.model, config, run.data.spec, run.data.source)
     build_report(loaded, run.data.test, evaluation=res)
 
 

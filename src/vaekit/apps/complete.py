@@ -149,14 +149,14 @@ def build_completion_report(run: LoadedRun, test: Split, *, evaluation: dict[str
     """The completion run's page (default ``RUN/report.html``): its metrics (the conditional -ELBO and
     NLL of the missing part), training curves and completion strips of test examples."""
     from ..figures import save_training_curves
-    from .report_html import CSS, _img, _records, _summary_cards
+    from .report_html import CSS, _img, _records, _summary_cards, model_settings, resolved_model_config
 
     d = run.dir
     out = Path(out) if out is not None else d / "report.html"
     if evaluation is None and (d / "evaluation.json").exists():
         evaluation = json.loads((d / "evaluation.json").read_text())
     records = _records(d)
-    m, spec = run.config.model, run.spec
+    m, spec = resolved_model_config(run), run.spec
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         curves = d / "training_curves.png"
@@ -167,8 +167,8 @@ def build_completion_report(run: LoadedRun, test: Split, *, evaluation: dict[str
         parts = [
             f"<h1>{html.escape(d.name)}</h1>",
             f"<p class=sub>data: {html.escape(str(run.config.data.source))} · examples of shape {spec.shape} "
-            f"({spec.kind}) · completion model (Sohn et al. 2015) · {m.arch} {m.hidden} · latent {m.latent_dim} · "
-            f"{m.likelihood} likelihood · given part: {html.escape(str(m.given))}</p>",
+            f"({spec.kind}) · completion model (Sohn et al. 2015) · {html.escape(' · '.join(model_settings(run)))} · "
+            f"given part: {html.escape(str(m.given))}</p>",
             "<p class=note>Every number is about the missing part given the rest: -ELBO and NLL are "
             "-log p(x_missing | x_given) bounds in nats per example, with each test example's evaluation mask.</p>",
             _summary_cards(evaluation or {}, records),

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from ..data.datasets import Split
 from ..figures import _save_figure, save_image_grid, save_reconstructions, save_samples, save_training_curves
 from ..io import write_text
+from ..models.base import ModelConfig
 from .common import LoadedRun, class_names
 from .generate import figure_samples, reconstruct, seeded
 from .latent import embed, interpolate, map_2d
@@ -138,22 +139,37 @@ def _text_list(lines: list[str]) -> str:
     return "<ol class=sentences>" + "".join(f"<li>{html.escape(s) or '(empty)'}</li>" for s in lines) + "</ol>"
 
 
-def _model_line(run: LoadedRun) -> str:
-    """The model in a few words, with the resolved settings (the model's own config, in which the
-    likelihood and widths that were left to defaults are filled in)."""
-    m = run.model.config
+def resolved_model_config(run: LoadedRun) -> ModelConfig:
+    """The run's model settings with the defaults filled in (likelihood, widths, ...): the model's
+    own config, which ``build_model`` resolved; a config still holding Nones is resolved here."""
+    m = getattr(run.model, "config", None)
+    if not isinstance(m, ModelConfig):
+        m = run.config.model
+    return m.resolved(run.spec) if m.likelihood is None or (m.hidden is None and m.arch == "mlp") else m
+
+
+def model_settings(run: LoadedRun) -> list[str]:
+    """The resolved architecture, widths, latent size and likelihood, e.g. ["mlp 400", "latent 20",
+    "bernoulli likelihood"] (a conv run's default channels are the conv plan's)."""
+    m = resolved_model_config(run)
     hidden = m.hidden
     if hidden is None and m.arch == "conv" and run.spec.is_image:
         from ..modules.blocks import conv_plan
 
         hidden = conv_plan(run.spec.shape, None)[0]
     widths = ",".join(str(h) for h in hidden) if hidden else "default"
+    return [f"{m.arch} {widths}", f"latent {m.latent_dim}", f"{m.likelihood} likelihood"]
+
+
+def _model_line(run: LoadedRun) -> str:
+    """The model in a few words, with the resolved settings (``model_settings``)."""
+    m = resolved_model_config(run)
     extra = [f"beta {m.beta:g}"] if m.beta != 1 else []
     if getattr(m, "latent_dim2", 0):
         extra.append(f"second layer {m.latent_dim2}")
     if getattr(m, "conditional_prior", False) and getattr(run.model, "batch_fields", ()):
         extra.append("conditional prior p(z|c)")
-    return " · ".join([m.model, f"{m.arch} {widths}", f"latent {m.latent_dim}", f"{m.likelihood} likelihood", *extra])
+    return " · ".join([m.model, *model_settings(run), *extra])
 
 
 def _records(d: Path) -> list[dict[str, Any]]:
