@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES: list[str] = ["generate", "latent", "report", "impute", "denoise", "detect", "complete", "classify", "feature_net", "serve"]
+MODULES: list[str] = ["generate", "latent", "report", "impute", "denoise", "detect", "complete", "classify", "feature_net", "serve", "export"]
 
 
 def register_all(sub) -> None:
