@@ -319,3 +319,100 @@ def test_explorer_interpolate_and_upload(explore_client, tmp_path):
     for name, data in (("x.png", b"not an image"), ("x.exe", b"MZ"), ("x.png", b"")):
         resp = c.post(f"/api/upload?name={name}", content=data)
         assert 400 <= resp.status_code < 500 and resp.json()["error"], name
+
+
+def _series_csv(path: Path) -> Path:
+    t = np.arange(600)
+    x = np.column_stack([np.sin(t / 9), np.cos(t / 13)]) + np.random.default_rng(1).normal(scale=0.05, size=(600, 2))
+    path.write_text("time,a,b\n" + "".join(f"{i},{a:.4f},{b:.4f}\n" for i, (a, b) in enumerate(x)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def series_run(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("serve-series")
+    return _train(d / "run", "--data", _series_csv(d / "s.csv"), "--window", 16, "--stride", 4, "--arch", "gru",
+                  "--epochs", 1, "--hidden", 16, "--latent-dim", 3)
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("serve-text")
+    words = "the cat sat on a mat . a dog ran to the park".split()
+    rng = np.random.default_rng(0)
+    (d / "s.txt").write_text("".join(" ".join(rng.choice(words, size=rng.integers(3, 7))) + "\n" for _ in range(200)))
+    return _train(d / "run", "--data", d / "s.txt", "--tokens", "word", "--arch", "gru", "--epochs", 1,
+                  "--hidden", 16, "--latent-dim", 3)
+
+
+def test_api_series_windows_with_missing_values(series_run):
+    c, svc = _client(series_run)
+    w = np.sin(np.arange(16) / 9)[:, None].repeat(2, 1).tolist()
+    gap = [row[:] for row in w]
+    gap[5] = [None, 0.3]
+    enc = c.post("/encode", json={"x": [w, gap]}).json()
+    assert np.shape(enc["mean"]) == (2, 3)
+    assert not np.allclose(enc["mean"][0], enc["mean"][1])  # the missing value is masked, not zero
+    sc = c.post("/score", json={"x": [w, gap]}).json()
+    assert len(sc["score"]) == 2 and sc["threshold"] is not None
+    assert np.shape(c.post("/decode", json={"z": [[0, 0, 0]]}).json()["x"]) == (1, 16, 2)
+    assert c.post("/encode", json={"x": [w[:10]]}).status_code == 422  # a window of the wrong length
+    assert c.post("/encode", json={"x": [[[None, None]] * 16]}).status_code == 422  # nothing observed
+
+
+def test_api_sentences(text_run):
+    c, svc = _client(text_run)
+    enc = c.post("/encode", json={"text": ["the cat sat", "a dog ran to the park"]}).json()
+    assert np.shape(enc["mean"]) == (2, 3)
+    out = c.post("/sample", json={"n": 3, "seed": 0}).json()["x"]
+    assert len(out) == 3 and all(isinstance(s, str) for s in out)
+    assert isinstance(c.post("/decode", json={"z": [[0, 0, 0]]}).json()["x"][0], str)
+    for bad in ({"text": []}, {"text": [1, 2]}, {"text": [""]}, {"text": "the cat"}):
+        assert c.post("/encode", json=bad).status_code == 422, bad
+
+
+@pytest.mark.parametrize("kind", ["table", "series", "text", "cvae"])
+def test_explorer_for_every_kind_of_run(kind, table_run, series_run, text_run, cvae_run, tmp_path):
+    run = {"table": table_run, "series": series_run, "text": text_run, "cvae": cvae_run}[kind]
+    ex = explorer.Explorer(RunService(open_run(run, device="cpu")), points=40)
+    c = TestClient(explorer.create_app(ex))
+    st = c.get("/api/state").json()
+    n = len(st["coords"])
+    assert 2 <= n <= 40 and len(st["examples"]) == n
+    view = {"table": "table", "series": "series", "text": "text", "cvae": "image"}[kind]
+    assert st["examples"][0]["type"] == view
+    body = {"point": [0.1, 0.1], **({"y": 3} if kind == "cvae" else {})}
+    r = c.post("/api/decode", json=body).json()
+    assert r["view"]["type"] == view
+    assert len(c.post("/api/interpolate", json={"a": 0, "b": 1, "steps": 4}).json()["frames"]) == 4
+    if kind == "cvae":  # the class picker: the same point decodes differently as another class
+        other = c.post("/api/decode", json={**body, "y": 8}).json()
+        assert other["view"]["data"] != r["view"]["data"]
+        assert st["info"]["conditional"] == "y" and len(st["classes"]) == 10
+        return
+    if kind == "table":
+        data, name = b"a,b,c,d,e\n10,10,10,10,10\n60,-40,60,-40,60\n", "rows.csv"
+    elif kind == "series":
+        data, name = _series_csv(tmp_path / "up.csv").read_bytes(), "up.csv"
+    else:
+        data, name = b"the cat sat on a mat\na dog ran\n", "mine.txt"
+    up = c.post(f"/api/upload?name={name}", content=data).json()
+    assert up["items"] and all(math.isfinite(it["score"]) for it in up["items"])
+    assert up["items"][0]["reconstruction"]["type"] == view
+    if kind == "table":
+        assert up["items"][1]["score"] > up["items"][0]["score"]
+    assert ("no labels" in " ".join(st["cannot"])) == (st["labels"] is None)
+
+
+def test_explorer_tsne_map(image_run):
+    ex = explorer.Explorer(RunService(open_run(image_run, device="cpu")), points=60, method="tsne")
+    c = TestClient(explorer.create_app(ex))
+    st = c.get("/api/state").json()
+    assert st["method"] == "tsne" and "t-SNE" in st["axes_label"] and any("t-SNE" in n for n in st["cannot"])
+    # no inverse: a clicked position decodes the weighted codes of its nearest examples, and lands near it
+    p = st["coords"][7]
+    r = c.post("/api/decode", json={"point": p}).json()
+    near = np.linalg.norm(np.asarray(st["coords"]) - np.asarray(r["map"]), axis=1).min()
+    assert near < np.ptp(np.asarray(st["coords"])) * 0.2
+    with pytest.raises(Exception, match="pca or tsne"):
+        explorer.Explorer(RunService(open_run(image_run, device="cpu")), method="umap")
