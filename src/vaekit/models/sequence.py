@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 from ..data.spec import DataSpec
 from ..errors import UsageError
@@ -73,6 +74,19 @@ class _SequenceModel:
             lp = lp * mask.to(lp.dtype)
         return lp.flatten(1).sum(1)
 
+    def _teacher_log_px(self, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """log p(x | z), teacher-forced: (B,) nats. For sentences the output layer and softmax (the
+        vocabulary-sized part of the step) run at the observed tokens only, not at the padding after
+        each sentence's end; the sum is the same."""
+        if self.spec.kind != "tokens" or mask is None:
+            return self._log_px(self._decode(z, x, mask), x, mask)
+        h = self.decoder.states(z, x, mask)  # (B, T, width)
+        seen = mask[..., 0] > 0  # (B, T)
+        logits = self.decoder.out(h[seen])  # (N, V): one token per step
+        lp = -F.cross_entropy(logits, x[..., 0][seen].long(), reduction="none")
+        rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1).expand_as(seen)[seen]
+        return lp.new_zeros(x.shape[0]).index_add_(0, rows, lp)
+
     def step_log_px(self, x: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None,
                     score_mask: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x_t | x_<t, z) of every step, summed over its observed channels: (B, T) nats.
@@ -92,7 +106,7 @@ class _SequenceModel:
         x, mask = self._trim(x, mask)
         mu, logvar = self.encoder(x, mask)
         z = self.reparameterize(mu, logvar)
-        recon = -self._log_px(self._decode(z, x, mask), x, mask)
+        recon = -self._teacher_log_px(z, x, mask)
         kl_d = self.prior.kl(mu, logvar, z)
         return {"recon": recon, "kl": kl_d.sum(-1), "kl_dims": kl_d, "mu": mu}
 
@@ -112,14 +126,14 @@ class _SequenceModel:
         k = z.shape[0] // b
         xk = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])
         mk = None if mask is None else mask.unsqueeze(0).expand(k, *mask.shape).reshape(k * b, *mask.shape[1:])
-        return self._log_px(self._decode(z, xk, mk), xk, mk).view(k, b)
+        return self._teacher_log_px(z, xk, mk).view(k, b)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x, mask)
 
     # -- the generative model alone ----------------------------------------------------------------
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self._log_px(self._decode(z, x, mask), x, mask)
+        return self._teacher_log_px(z, x, mask)
 
     # -- applications --------------------------------------------------------------------------------
     def decode_mean(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -173,7 +187,7 @@ class SequenceVAE(_SequenceModel, VAE):
         mask = self._training_mask(x, mask)
         mu, logvar = self.encoder(x, mask)
         z = self.reparameterize(mu, logvar)
-        log_px = self._log_px(self._decode(z, x, mask), x, mask)
+        log_px = self._teacher_log_px(z, x, mask)
         kl_d = self.prior.kl(mu, logvar, z)
         recon = -log_px.mean()
         kl_dims = kl_d.mean(0)

@@ -112,6 +112,11 @@ class RecurrentDecoder(nn.Module):
         """Teacher-forced parameters (B, P, T, D) of every step given x; without x, ``generate``."""
         if x is None:
             return self.generate(z)
+        return self._params(self.states(z, x, mask))
+
+    def states(self, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The top layer's teacher-forced states (B, T, width), before the output layer ``out``
+        (a caller that needs the parameters of some steps only applies ``out`` to those)."""
         b, t, d = x.shape
         m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
         prev = self.inputs(x, m)
@@ -121,7 +126,7 @@ class RecurrentDecoder(nn.Module):
             prev = prev * keep
         inp = torch.cat([prev, z.unsqueeze(1).expand(b, t, z.shape[-1])], -1)
         out, _ = self.rnn(inp, self._state(z))
-        return self._params(out)
+        return out
 
     def generate(self, z: torch.Tensor, mean_of=None, steps: int | None = None, *, values: bool = False):
         """Free-running parameters (B, P, T, D): each step's input is the previous step's value,
