@@ -38,9 +38,11 @@ function imageCanvas(view, size) {
     img.data.set([r, g, b, 255], i * 4);
   }
   small.getContext("2d").putImageData(img, 0, 0);
-  const scale = Math.max(1, Math.floor(size / Math.max(w, h)));
+  const scale = Math.max(1, Math.ceil(size / Math.max(w, h)));
   const cv = document.createElement("canvas");
   cv.width = w * scale; cv.height = h * scale; cv.className = "image";
+  const shown = size / Math.max(w, h);  // drawn at a whole multiple, shown at exactly the size asked
+  cv.style.width = `${Math.round(w * shown)}px`; cv.style.height = `${Math.round(h * shown)}px`;
   const ctx = cv.getContext("2d");
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(small, 0, 0, cv.width, cv.height);
