@@ -471,6 +471,37 @@ def test_cli_text_train_sample_evaluate(tmp_path, capsys):
     assert code == 2 and "give one of them" in err and not (tmp_path / "x").exists()
 
 
+def test_cli_embed_reconstruct_and_detect_take_new_series_and_sentences(series_run, tmp_path, capsys):
+    """--input on a series run reads a series file cut into the run's windows with its scaler; on a
+    text run a text file coded with its vocabulary."""
+    run = series_run / "run"
+    code, out, err = cli(capsys, "embed", run, "--input", series_run / "test.csv", "--out", tmp_path / "z.csv",
+                         "--map", "none", "--json")
+    assert code == 0, err
+    n = json.loads(out)["n"]
+    # 800 rows, window 24, stride 2: every second start plus one ending on the last row
+    assert n == len(range(0, 800 - 24 + 1, 2)) + (1 if (800 - 24) % 2 else 0)
+    code, out, err = cli(capsys, "reconstruct", run, "--input", series_run / "test.npy", "--n", "4",
+                         "--out", tmp_path / "r.png", "--json")
+    assert code == 0, err
+    np.save(tmp_path / "three.npy", sines(100, seed=0)[:, :1])  # one channel, the run has two
+    code, _, err = cli(capsys, "embed", run, "--input", tmp_path / "three.npy", "--out", tmp_path / "z2.csv")
+    assert code == 2 and "channels" in err and not (tmp_path / "z2.csv").exists()
+
+    data = write_text(tmp_path / "s.txt", reps=4)
+    code, out, err = cli(capsys, "train", "--data", data, "--tokens", "word", "--arch", "gru", "--hidden", "16",
+                         "--latent-dim", "3", "--epochs", "1", "--out", tmp_path / "trun", "--quiet")
+    assert code == 0, err
+    new = tmp_path / "new.txt"
+    new.write_text("the cat sat on the mat\na zebra ran\n")
+    code, out, err = cli(capsys, "embed", tmp_path / "trun", "--input", new, "--out", tmp_path / "t.csv",
+                         "--map", "none", "--json")
+    assert code == 0 and json.loads(out)["n"] == 2, err
+    code, out, err = cli(capsys, "detect", tmp_path / "trun", "--input", new, "--out", tmp_path / "d.csv", "--json")
+    assert code == 0, err
+    assert len(np.loadtxt(tmp_path / "d.csv", delimiter=",", skiprows=1, usecols=1, ndmin=1)) == 2
+
+
 def test_cli_impute_fills_the_gaps_of_a_series(series_run, capsys):
     """Missing values of a test series are filled close to the truth (far closer than the channel
     mean would be); observed values are kept exactly; timestamps carried over."""

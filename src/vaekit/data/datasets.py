@@ -486,6 +486,14 @@ def load_inputs(path: str, spec: DataSpec, source: dict, *, allow_missing: bool 
     for ``vaekit impute``), empty CSV cells included, and only the observed values are checked.
     """
     p = Path(path).expanduser()
+    if source.get("kind_of_source") in ("series", "sequences"):  # windows / sequences with their masks
+        from .sequences import load_sequence_inputs
+
+        return load_sequence_inputs(p, spec, source)
+    if source.get("kind_of_source") == "text":
+        from .text import load_text_inputs
+
+        return load_text_inputs(p, spec, source)
     size = spec.shape[1:] if spec.is_image else None
     color = source.get("color") or ({1: "L", 3: "RGB"}.get(spec.shape[0]) if spec.is_image else None)
     if p.is_dir() and not spec.is_image:

@@ -413,3 +413,31 @@ def load_sequences_data(source: str | Path, *, val_fraction: float = 0.1, test_f
               "channels": [str(j + 1) for j in range(x.shape[2])]}
     spec = DataSpec(tuple(x.shape[1:]), kind, None if classes is None else len(classes))
     return Data(spec, splits["train"], splits["val"], splits["test"], record)
+
+
+def load_sequence_inputs(path: str | Path, spec: Any, source: dict[str, Any]):
+    """NEW inputs for a run trained on a series or on many sequences, prepared like its training data:
+    a series file cut into the run's windows (its --window and --stride, the last window ending on
+    the last row) and scaled with the training scaler; an ``.npz``/``.npy`` of sequences of the
+    training length and channels. Returns a Batch (x with 0 where missing, mask)."""
+    from .batch import Batch
+
+    p = Path(path).expanduser()
+    t, d = spec.shape
+    if source.get("kind_of_source") == "series":
+        s = read_series(p, source.get("label_column"))
+        check_series_length(s.values, t, str(p))
+        scaled = apply_scaler(s.values, source["scaler"])
+        x, m, _ = cut_windows(scaled, t, int(source.get("stride") or 1))
+        keep = m.flatten(1).any(1)
+        return Batch(x[keep].contiguous(), mask=m[keep].contiguous())
+    if p.suffix.lower() not in (".npz", ".npy"):
+        raise DataError(f"{p}: this run was trained on sequences from an .npz/.npy; give one of those")
+    x, _, _ = read_sequences_npz(p)
+    if x.shape[1:] != (t, d):
+        raise DataError(f"{p}: sequences of shape {x.shape[1:]} (steps, channels); the run was trained on {(t, d)}; "
+                        "pad or cut them to its length")
+    if source.get("scaler"):
+        x = apply_scaler(x.reshape(-1, d), source["scaler"]).reshape(x.shape)
+    m = ~np.isnan(x)
+    return Batch(torch.from_numpy(np.where(m, x, 0.0).astype(np.float32)), mask=torch.from_numpy(m.astype(np.float32)))

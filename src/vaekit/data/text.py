@@ -134,6 +134,19 @@ def load_text_data(source: str | Path, *, tokens: str, val_fraction: float = 0.1
     return Data(spec, splits["train"], splits["val"], splits["test"], record)
 
 
+def load_text_inputs(path: str | Path, spec: Any, source: dict[str, Any]):
+    """NEW sentences (a text file, one a line) for a text run: tokenised like its training data and
+    coded with its vocabulary (unknown words as <unk>), cut at its length. Returns a Batch (ids, mask)."""
+    from .batch import Batch
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise DataError(f"{p} is a folder; give a text file with one sentence a line")
+    lines = read_lines(p)
+    ids, mask, _ = encode([tokenize(ln, source["tokens"]) for ln in lines], source["vocab"], spec.shape[0])
+    return Batch(torch.from_numpy(ids.astype(np.float32))[..., None], mask=torch.from_numpy(mask)[..., None])
+
+
 def ids_to_text(ids: Any, mask: Any, vocab: list[str], tokens: str) -> list[str]:
     """Sentences from ids (N, T[, 1]): up to the first <eos> (or the mask's end), specials dropped."""
     a = np.asarray(ids.detach().cpu() if isinstance(ids, torch.Tensor) else ids).reshape(len(ids), -1).astype(np.int64)
