@@ -409,6 +409,10 @@ def test_explorer_for_every_kind_of_run(kind, table_run, series_run, text_run, c
     assert up["items"][0]["reconstruction"]["type"] == view
     if kind == "table":
         assert up["items"][1]["score"] > up["items"][0]["score"]
+    if kind == "series":  # a long series: every window scored, the 8 highest shown in time order
+        assert up["examples"] > 8 and up["highest_first"] and len(up["items"]) == 8
+        idx = [it["index"] for it in up["items"]]
+        assert idx == sorted(idx) and isinstance(up["flagged"], int)
     assert ("no labels" in " ".join(st["cannot"])) == (st["labels"] is None)
 
 

@@ -39,6 +39,8 @@ from .common import json_response, endpoint, read_body, read_json
 
 STATIC = Path(__file__).with_name("static")
 UPLOAD_LIMIT = 8 * 1024 * 1024
+UPLOAD_SCORED = 4096  # examples of one upload that are scored
+SHOWN = 8  # of which are shown
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 NEIGHBOURS = 8
 
@@ -241,7 +243,9 @@ class Explorer:
         return {"frames": self.views(x), "map": [self.place(v) for v in zn]}
 
     def upload(self, name: str, data: bytes) -> dict[str, Any]:
-        """An uploaded file -> up to 8 of its examples placed, reconstructed and scored."""
+        """An uploaded file -> its examples scored (the first ``UPLOAD_SCORED``), and ``SHOWN`` of them
+        placed and reconstructed: all when there are that few, else the highest-scoring ones (the
+        windows of a long series, the rows of a table: where to look first)."""
         svc = self.service
         suffix = Path(name).suffix.lower()
         if not data:
@@ -252,23 +256,30 @@ class Explorer:
             path = folder / f"upload{suffix}"
             path.write_bytes(data)
             b = self._read_upload(path, suffix)
-        b = b[:8]
+        n_all = len(b)
+        b = b[:UPLOAD_SCORED]
         sc = svc.scorer()
         with svc._lock, torch.no_grad():
-            mu, _ = embed(svc.model, b)
-            from ..apps.generate import reconstruct
-
-            x_hat, _ = reconstruct(svc.model, b)
-            scores = svc._scores(b, sc).numpy()
-        if svc.kind == "text":  # a sentence is reconstructed by decoding its code greedily, word after word
-            with svc._lock:
+            all_scores = svc._scores(b, sc).numpy()
+        order = np.arange(len(b)) if len(b) <= SHOWN else np.sort(np.argsort(-all_scores)[:SHOWN])
+        shown = b.select(torch.as_tensor(order))
+        scores = all_scores[order]
+        with svc._lock, torch.no_grad():
+            mu, _ = embed(svc.model, shown)
+            if svc.kind == "text":  # a sentence is reconstructed by decoding its code greedily, word after word
                 x_hat = svc.model.generate_tokens(mu.to(svc.model.device, svc.model.dtype), greedy=True).float().cpu()
+            else:
+                from ..apps.generate import reconstruct
+
+                x_hat, _ = reconstruct(svc.model, shown)
         thr = self.threshold
-        views, recons = self.views(b.x), self.views(x_hat)
-        items = [{"view": v, "reconstruction": r, "score": float(s),
+        views, recons = self.views(shown.x), self.views(x_hat)
+        items = [{"index": int(i), "view": v, "reconstruction": r, "score": float(s),
                   "anomalous": None if thr is None else bool(s > thr), "map": self.place(z)}
-                 for v, r, s, z in zip(views, recons, scores, mu.double().numpy())]
-        return {"items": items, "threshold": thr, "score_kind": sc["kind"]}
+                 for i, v, r, s, z in zip(order, views, recons, scores, mu.double().numpy())]
+        flagged = None if thr is None else int((all_scores > thr).sum())
+        return {"items": items, "threshold": thr, "score_kind": sc["kind"], "examples": n_all,
+                "scored": len(b), "flagged": flagged, "highest_first": len(b) > SHOWN}
 
     def _read_upload(self, path: Path, suffix: str) -> Batch:
         svc = self.service
@@ -279,17 +290,14 @@ class Explorer:
                 raise RequestError("the uploaded file is not UTF-8 text: send sentences, one per line") from None
             return svc.examples({"text": lines[:svc.max_batch]})
         if svc.kind == "series":
-            from ..data.sequences import read_series
+            if suffix not in (".csv", ".tsv", ".npy"):
+                raise RequestError(f"cannot read a {suffix or 'suffix-less'} file here; send a series as .csv, .tsv or .npy")
+            from ..data.datasets import load_inputs
 
             try:
-                s = read_series(path)
+                return load_inputs(str(path), svc.spec, svc.run.source)
             except VaekitError as e:
                 raise RequestError(str(e).replace(str(path), "the upload")) from None
-            t, d = svc.spec.shape
-            if s.values.shape[1] != d or len(s.values) < t:
-                raise RequestError(f"the upload has {s.values.shape[1]} channels x {len(s.values)} rows; this run "
-                                   f"takes windows of {t} rows x {d} channels")
-            return svc.examples({"x": _null(s.values[-t:][None])})
         allowed = (".csv", ".npy", ".npz") + (IMAGE_SUFFIXES if svc.kind == "image" else ())
         if suffix not in allowed:
             raise RequestError(f"cannot read a {suffix or 'suffix-less'} file here; send {', '.join(allowed)}")
@@ -309,10 +317,6 @@ class Explorer:
         if svc.field == "c" and b.c is None:
             raise RequestError("this run is conditional on c; upload examples with their condition columns")
         return b
-
-
-def _null(a: np.ndarray) -> list[Any]:
-    return [[[None if math.isnan(v) else float(v) for v in row] for row in w] for w in a]
 
 
 def create_app(explorer: Explorer) -> Starlette:

@@ -399,6 +399,12 @@ async function upload(file) {
     const r = await api(`/api/upload?name=${encodeURIComponent(file.name)}`, file, true);
     out.innerHTML = "";
     S.uploads = r.items;
+    if (r.examples > 1) {
+      const what = r.highest_first ? `; the ${r.items.length} with the highest scores` : "";
+      const flagged = r.flagged === null ? "" : `, ${r.flagged} above the threshold`;
+      out.insertAdjacentHTML("beforeend", `<div class="muted small" data-role="summary">${r.examples} examples` +
+        (r.scored < r.examples ? ` (the first ${r.scored} scored)` : "") + `${flagged}${what}</div>`);
+    }
     const [lo, hi] = scoreRange();
     const top = Math.max(hi, r.threshold ?? hi, ...r.items.map((it) => it.score)) * 1.1;
     r.items.forEach((it) => {
@@ -418,7 +424,8 @@ async function upload(file) {
       const verdict = it.anomalous === null ? "" : it.anomalous ? "anomalous" : "normal";
       const info = document.createElement("div");
       const thr = r.threshold === null ? "" : `<div class="thr" style="left:${Math.min(100, r.threshold / top * 100)}%"></div>`;
-      info.innerHTML = `<div class="verdict ${it.anomalous ? "bad" : "good"}" data-role="verdict">${verdict}</div>` +
+      info.innerHTML = (r.examples > 1 ? `<div class="muted small">#${it.index}</div>` : "") +
+        `<div class="verdict ${it.anomalous ? "bad" : "good"}" data-role="verdict">${verdict}</div>` +
         `<div class="muted small" data-role="score">score ${fmt(it.score)} nats` +
         (r.threshold === null ? "" : ` (threshold ${fmt(r.threshold)})`) + `</div>` +
         `<div class="scorebar"><div class="fill" style="width:${Math.max(0, Math.min(100, it.score / top * 100))}%"></div>${thr}</div>`;
