@@ -145,8 +145,12 @@ def test_api_images_and_conditional_labels(image_run, cvae_run):
     nested = np.zeros((2, 1, 8, 8)).tolist()
     a, b = (c.post("/encode", json={"x": x}).json()["mean"] for x in (flat, nested))
     assert np.allclose(a, b) and np.shape(a) == (2, 4)
-    r = c.post("/encode", json={"x": np.full((1, 64), 3.0).tolist()})
+    r = c.post("/encode", json={"x": np.full((1, 64), 3.5).tolist()})
     assert r.status_code == 422 and "[0, 1]" in r.json()["error"]
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8))  # 8-bit pixels are read as 8-bit images are
+    as_bytes = c.post("/encode", json={"x": pixels.tolist()}).json()["mean"]
+    as_unit = c.post("/encode", json={"x": (pixels / 255).tolist()}).json()["mean"]
+    assert np.allclose(as_bytes, as_unit, atol=1e-6)
     assert np.shape(c.post("/decode", json={"z": [[0, 0, 0, 0]]}).json()["x"]) == (1, 1, 8, 8)
 
     c, svc = _client(cvae_run)

@@ -153,6 +153,8 @@ class RunService:
 
         with tempfile.TemporaryDirectory(prefix="vaekit-serve-") as tmp:
             path = Path(tmp) / "x.npy"
+            if self.spec.is_image and a.max() > 1 and a.min() >= 0 and a.max() <= 255 and (a == np.round(a)).all():
+                a = a.astype(np.uint8)  # 8-bit pixels (0-255), read as an image file's would be
             np.save(path, a.reshape(len(a), -1) if not self.spec.is_image else a)
             try:
                 s = load_inputs(str(path), self.spec, self.run.source)
