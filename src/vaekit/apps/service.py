@@ -12,6 +12,7 @@ status and one line that names the problem; nothing else is raised for what a cl
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -28,7 +29,8 @@ from .generate import seeded
 
 MAX_BATCH = 1024
 MAX_STEPS = 64
-MAX_SCALED = 1e4  # model-unit values beyond this (standardised table values, in SDs) are refused
+MAX_SCALED = 1e3  # values further than this many training SDs from a column's mean are refused
+MAX_TEMPERATURE = 100.0
 
 
 class RequestError(VaekitError):
@@ -49,13 +51,15 @@ def _kind(run: LoadedRun) -> str:
 
 
 def _array(value: Any, name: str, *, allow_null: bool = False) -> np.ndarray:
-    """A JSON value -> a float64 array, or RequestError for ragged lists, strings, objects, or
-    non-finite numbers (null only where ``allow_null``: a missing value, NaN)."""
+    """A JSON value -> a float64 array, or RequestError for ragged lists, strings, booleans, objects,
+    or non-finite numbers (null only where ``allow_null``: a missing value, NaN)."""
     if not isinstance(value, list):
         raise RequestError(f"{name} must be a list, got {type(value).__name__}")
+    if not _numbers_only(value, allow_null):
+        what = "numbers or null" if allow_null else "numbers"
+        raise RequestError(f"{name} must be a rectangular list of {what} (no strings, booleans or objects)")
     try:
-        a = np.asarray(value, dtype=np.float64) if not allow_null else np.asarray(
-            _nulls_to_nan(value), dtype=np.float64)
+        a = np.asarray(_nulls_to_nan(value) if allow_null else value, dtype=np.float64)
     except (ValueError, TypeError, OverflowError):
         raise RequestError(f"{name} must be a rectangular list of numbers (equal lengths at every level)") from None
     bad = ~np.isfinite(a) if not allow_null else np.isinf(a)
@@ -69,16 +73,50 @@ def _nulls_to_nan(value: Any) -> Any:
         return math.nan
     if isinstance(value, list):
         return [_nulls_to_nan(v) for v in value]
-    if isinstance(value, (str, dict, bool)):
-        raise TypeError
     return value
+
+
+def _numbers_only(value: list, allow_null: bool) -> bool:
+    """Every leaf of nested lists is an int or float (not a bool), or None where allowed."""
+    stack = [value]
+    while stack:
+        for v in stack.pop():
+            t = type(v)
+            if t is float or t is int:
+                continue
+            if t is list:
+                stack.append(v)
+            elif not (v is None and allow_null):
+                return False
+    return True
+
+
+def _inwards(v: float, *, up: bool) -> float:
+    """v rounded to 6 significant digits towards the inside of an interval (up for a lower bound),
+    so that the bound printed in the schema is one the service keeps."""
+    if v == 0 or not math.isfinite(v):
+        return v
+    r = float(f"{v:.5e}")
+    step = 10.0 ** (math.floor(math.log10(abs(v))) - 5)
+    if up and r < v:
+        r = float(f"{r + step:.5e}")
+    elif not up and r > v:
+        r = float(f"{r - step:.5e}")
+    return r
+
+
+def nats(values: Any) -> list[float]:
+    """Scores or negative log-likelihoods as JSON numbers: one that overflowed to +inf (an input far
+    from anything the model knows) is reported as the largest float, never as invalid JSON."""
+    a = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    return np.where(np.isposinf(a), sys.float_info.max, np.where(np.isneginf(a), -sys.float_info.max, a)).tolist()
 
 
 def _count(value: Any, name: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(f"{name} must be a whole number, got {value!r}")
     if not lo <= value <= hi:
-        raise RequestError(f"{name} must be in {lo}..{hi}, got {value}", 413 if value > hi else 422)
+        raise RequestError(f"{name} must be in {lo}..{hi}, got {value}")
     return value
 
 
@@ -111,6 +149,42 @@ class RunService:
         self.classes = class_names(run.source, self.spec.num_classes) if self.spec.num_classes else []
         self._lock = threading.Lock()
         self._scorer: dict[str, Any] | None = None
+        self.value_range, self.binary_values = self._value_range()
+
+    def _value_range(self) -> tuple[tuple[float, float] | None, bool]:
+        """The input values the schema declares and the service accepts, in the data's units, and
+        whether only 0 and 1 are (binary data the run does not binarize itself). Images: [0, 255]
+        (values above 1 are read as 8-bit). Scaled tables and series: the values within ``MAX_SCALED``
+        training SDs of every column's mean (the same interval for all columns), when it holds every
+        column's usual values (mean +- 10 SD); else None, and each column is checked on its own."""
+        src, spec = self.run.source, self.spec
+        if self.kind == "text":
+            return None, False
+        binary = spec.kind == "binary" and src.get("binarize", "none") == "none"
+        if spec.is_image:
+            return (0.0, 255.0), binary
+        stats = src.get("scaler") or src.get("standardize")
+        if not stats:
+            return ((0.0, 1.0) if spec.kind in ("binary", "8bit", "unit") else None), binary
+        mean, sd = np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["std"], dtype=np.float64)
+        lo, hi = float((mean - MAX_SCALED * sd).max()), float((mean + MAX_SCALED * sd).min())
+        if not (lo <= (mean - 10 * sd).min() and hi >= (mean + 10 * sd).max()):
+            return None, binary
+        # rounded inwards to 6 significant digits: a bound the schema prints is one the service keeps
+        return (_inwards(lo, up=True), _inwards(hi, up=False)), binary
+
+    def check_range(self, a: np.ndarray, name: str) -> None:
+        """RequestError for values outside ``value_range`` (NaN, a missing value, passes)."""
+        if self.value_range is None:
+            return
+        lo, hi = self.value_range
+        with np.errstate(invalid="ignore"):
+            out = (a < lo) | (a > hi)
+        if out.any():
+            raise RequestError(f"{name} has {int(out.sum())} values outside [{lo:g}, {hi:g}], the range this run "
+                               f"takes (see /openapi.json)")
+        if self.binary_values and not np.isin(a[~np.isnan(a)], (0.0, 1.0)).all():
+            raise RequestError(f"{name}: this run was trained on binary data; send 0 or 1 (binarize first)")
 
     # -- what the run is -----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -122,6 +196,20 @@ class RunService:
                 "max_batch": self.max_batch, "can_score": True, "has_encoder_variance": self.has_q}
 
     # -- parsing requests ----------------------------------------------------------------------------
+    def allowed(self, kind: str) -> tuple[str, ...]:
+        """The fields a request body of ``kind`` ("examples", "latents", "sample") may hold."""
+        own = {"examples": ("text",) if self.kind == "text" else ("x",), "latents": ("z",),
+               "sample": ("n", "temperature", "seed")}[kind]
+        return own + ((self.field,) if self.field else ())
+
+    def fields(self, body: dict[str, Any], kind: str) -> None:
+        """RequestError for a field the operation does not take (a misspelt option is not ignored)."""
+        allowed = self.allowed(kind)
+        extra = [k for k in body if k not in allowed]
+        if extra:
+            hint = " (this run is not conditional)" if set(extra) & {"y", "c"} and not self.field else ""
+            raise RequestError(f"unknown field {extra[0]!r}{hint}; this operation takes {', '.join(allowed)}")
+
     def examples(self, body: dict[str, Any], name: str = "x") -> Batch:
         """The examples of a request (``body[name]``, plus ``y`` or ``c`` for a conditional run) as
         a Batch in model units."""
@@ -133,7 +221,8 @@ class RunService:
         if a.ndim == 0 or len(a) == 0:
             raise RequestError(f"{name} must be a non-empty list of examples")
         if len(a) > self.max_batch:
-            raise RequestError(f"{name} has {len(a)} examples; at most {self.max_batch} per request", 413)
+            raise RequestError(f"{name} has {len(a)} examples; at most {self.max_batch} per request")
+        self.check_range(a, name)
         b = self._series(a, name) if self.kind == "series" else self._prepared(a, name)
         return self._with_condition(b, body)
 
@@ -153,8 +242,8 @@ class RunService:
 
         with tempfile.TemporaryDirectory(prefix="vaekit-serve-") as tmp:
             path = Path(tmp) / "x.npy"
-            if self.spec.is_image and a.max() > 1 and a.min() >= 0 and a.max() <= 255 and (a == np.round(a)).all():
-                a = a.astype(np.uint8)  # 8-bit pixels (0-255), read as an image file's would be
+            if self.spec.is_image and a.max() > 1:
+                a = a / 255.0  # 8-bit pixel values (0-255)
             np.save(path, a.reshape(len(a), -1) if not self.spec.is_image else a)
             try:
                 s = load_inputs(str(path), self.spec, self.run.source)
@@ -191,7 +280,7 @@ class RunService:
         if not isinstance(value, list) or not value or not all(isinstance(s, str) for s in value):
             raise RequestError(f"{name} must be a non-empty list of sentences (strings)")
         if len(value) > self.max_batch:
-            raise RequestError(f"{name} has {len(value)} sentences; at most {self.max_batch} per request", 413)
+            raise RequestError(f"{name} has {len(value)} sentences; at most {self.max_batch} per request")
         src = self.run.source
         toks = [tokenize(s, src["tokens"]) for s in value]
         if any(not t for t in toks):
@@ -246,7 +335,7 @@ class RunService:
             raise RequestError(f"{name} has shape {list(z.shape)}; send a list of latent vectors of "
                                f"{self.latent_dim} numbers")
         if len(z) > self.max_batch:
-            raise RequestError(f"{name} has {len(z)} vectors; at most {self.max_batch} per request", 413)
+            raise RequestError(f"{name} has {len(z)} vectors; at most {self.max_batch} per request")
         if np.abs(z).max() > 1e4:
             raise RequestError(f"{name} has values beyond 1e4 in size; latent codes live near the prior N(0, I)")
         return torch.from_numpy(z).to(self.model.dtype)
@@ -268,6 +357,7 @@ class RunService:
     # -- operations ----------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.fields(body, "examples")
         b = self.examples(body)
         with self._lock:
             mu, logvar = self.model.encode(b.x.to(self.model.device, self.model.dtype), **self._cond(b))
@@ -278,6 +368,7 @@ class RunService:
 
     @torch.no_grad()
     def decode(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.fields(body, "latents")
         z = self.latents(body)
         cond = self._decode_cond(body, len(z))
         with self._lock:
@@ -304,11 +395,12 @@ class RunService:
 
     @torch.no_grad()
     def sample(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.fields(body, "sample")
         n = _count(body.get("n", 1), "n", 1, self.max_batch)
         temperature = _number(body.get("temperature", 1.0), "temperature", positive=True)
-        seed = body.get("seed")
-        if seed is not None:
-            seed = _count(seed, "seed", 0, 2**31 - 1)
+        if temperature > MAX_TEMPERATURE:
+            raise RequestError(f"temperature must be at most {MAX_TEMPERATURE:g}, got {temperature:g}")
+        seed = _count(body["seed"], "seed", 0, 2**31 - 1) if "seed" in body else None
         cond = self._decode_cond(body, n)
         if self.kind == "text":
             with self._lock, seeded(seed):
@@ -326,22 +418,24 @@ class RunService:
     def reconstruct(self, body: dict[str, Any]) -> dict[str, Any]:
         from .generate import reconstruct
 
+        self.fields(body, "examples")
         b = self.examples(body)
         with self._lock:
             x_hat, err = reconstruct(self.model, b)
         if self.kind == "text":
             return {"x": self.outputs(x_hat.argmax(-1, keepdim=True) if x_hat.shape[-1] > 1 else x_hat),
-                    "recon_nll": err["recon_nll"].tolist()}
-        return {"x": self.outputs(x_hat), "sq_error": err["sq_error"].tolist(), "recon_nll": err["recon_nll"].tolist()}
+                    "recon_nll": nats(err["recon_nll"])}
+        return {"x": self.outputs(x_hat), "sq_error": nats(err["sq_error"]), "recon_nll": nats(err["recon_nll"])}
 
     @torch.no_grad()
     def score(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.fields(body, "examples")
         b = self.examples(body)
         scorer = self.scorer()
         with self._lock:
             s = self._scores(b, scorer)
         thr = scorer["threshold"]
-        return {"score": s.tolist(), "anomalous": [bool(v > thr) for v in s] if thr is not None else None,
+        return {"score": nats(s), "anomalous": [bool(v > thr) for v in s] if thr is not None else None,
                 "threshold": thr, "score_kind": scorer["kind"], "contamination": self.contamination}
 
     # -- scores --------------------------------------------------------------------------------------

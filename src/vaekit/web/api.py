@@ -36,15 +36,20 @@ def openapi_schema(service: RunService) -> dict[str, Any]:
     """OpenAPI 3.0 for this run: request bodies carry the run's exact shapes."""
     info = service.info()
     shape, mb = info["shape"], service.max_batch
+    leaf: dict[str, Any] = {"type": "number"}
+    if service.binary_values:
+        leaf["enum"] = [0, 1]
+    elif service.value_range is not None:
+        leaf["minimum"], leaf["maximum"] = service.value_range
     if service.kind == "text":
-        x_item = {"type": "string", "minLength": 1}
+        x_item = {"type": "string", "minLength": 1, "pattern": r"\S"}
         x_field, x_desc = "text", "sentences"
     elif service.kind == "series":
-        x_item = _nested(shape, {"type": "number", "nullable": True})
+        x_item = _nested(shape, {**leaf, "nullable": True})
         x_field, x_desc = "x", f"windows of {shape[0]} steps x {shape[1]} channels (null = missing)"
     else:
-        flat = _nested([int(service.spec.dim)], _number())
-        x_item = flat if len(shape) == 1 else {"anyOf": [_nested(shape, _number()), flat]}
+        flat = _nested([int(service.spec.dim)], leaf)
+        x_item = flat if len(shape) == 1 else {"anyOf": [_nested(shape, leaf), flat]}
         x_field, x_desc = "x", (f"examples of shape {'x'.join(map(str, shape))} in the data's own units"
                                 + (" (images: values in [0, 1])" if service.spec.is_image else ""))
     cond: dict[str, Any] = {}
@@ -61,7 +66,8 @@ def openapi_schema(service: RunService) -> dict[str, Any]:
 
     def body(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
         return {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "properties": {**props, **cond}, "required": required + required_cond}}}}
+            "type": "object", "properties": {**props, **cond}, "required": required + required_cond,
+            "additionalProperties": False}}}}
 
     xs = {x_field: _batch(x_item, mb, x_desc)}
     zs = {"z": _batch(_nested([service.latent_dim], {"type": "number", "minimum": -1e4, "maximum": 1e4}), mb,

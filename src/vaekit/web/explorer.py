@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..apps.common import run_inputs, to_original_units
 from ..apps.latent import embed, slerp
-from ..apps.service import RequestError, RunService, check_steps
+from ..apps.service import RequestError, RunService, check_steps, nats
 from ..data.batch import Batch
 from ..errors import VaekitError
 from .common import json_response, endpoint, read_body, read_json
@@ -157,7 +157,7 @@ class Explorer:
         labels = None if y is None else [int(v) for v in y.tolist()]
         return {"info": svc.info(), "split": self.split, "method": self.method, "axes_label": self.axes_label,
                 "coords": self.coords.round(5).tolist(), "labels": labels, "classes": svc.classes,
-                "scores": [float(v) for v in self.scores], "threshold": self.threshold,
+                "scores": nats(self.scores), "threshold": self.threshold,
                 "flags": None if self.threshold is None else [bool(v > self.threshold) for v in self.scores],
                 "score_kind": svc.scorer()["kind"], "contamination": svc.contamination,
                 "dims": [{"index": d, "kl": float(self.kl[d]), "low": float(self.mu[:, d].min()),
@@ -274,7 +274,7 @@ class Explorer:
                 x_hat, _ = reconstruct(svc.model, shown)
         thr = self.threshold
         views, recons = self.views(shown.x), self.views(x_hat)
-        items = [{"index": int(i), "view": v, "reconstruction": r, "score": float(s),
+        items = [{"index": int(i), "view": v, "reconstruction": r, "score": nats([s])[0],
                   "anomalous": None if thr is None else bool(s > thr), "map": self.place(z)}
                  for i, v, r, s, z in zip(order, views, recons, scores, mu.double().numpy())]
         flagged = None if thr is None else int((all_scores > thr).sum())
