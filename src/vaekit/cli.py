@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any, Sequence
 
@@ -135,6 +136,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--matmul-precision", "matmul_precision", str, "highest (fp32) | high | medium (bf16 matmuls on AMX CPUs)"),
     ("--cuda-graphs", "cuda_graphs", _on_off, "on | off: on a GPU, replay each training step as one CUDA graph (default on)"),
     ("--iw-samples", "iw_samples", int, "importance samples for the final test NLL (0: skip)"),
+    ("--dist-backend", "dist_backend", str, "several processes (torchrun, --nproc): auto (NCCL on GPUs, gloo on CPUs) | gloo | nccl"),
     ("--checkpoint-every", "checkpoint_every", _finite, "seconds between checkpoints inside an epoch (0: at epoch ends only)"),
     ("--tensorboard", "tensorboard", str, "also log the training curves and sample grids to this folder for TensorBoard "
      "(needs pip install 'vaekit[tensorboard]'; --resume appends to it)"),
@@ -160,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="TOML file with [data], [model], [train] tables")
     t.add_argument("--json", action="store_true", help="print one JSON object with the results")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--nproc", type=int, default=None,
+                   help="train data-parallel in N processes on this machine (as torchrun --standalone "
+                        "--nproc_per_node N -m vaekit train ...): at most its GPUs, or its CPU cores")
 
     e = sub.add_parser("evaluate", help="evaluate a trained run on its test or validation split")
     e.add_argument("run_dir")
@@ -215,7 +220,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if source is None and not args.config and not args.resume:
         raise VaekitError("--data is required (a dataset name or a path), or give --config FILE.toml")
     out = args.out or _default_out(source or "run")
+    if args.nproc is not None:
+        from .launch import check_launch, launch, planned_config, strip_nproc
+
+        cfg = planned_config(source, out=out, config_file=args.config, resume=args.resume, options=opts)
+        check_launch(args.nproc, device=cfg.train.device, backend=cfg.train.dist_backend, batch_size=cfg.train.batch_size)
+        if args.nproc > 1:
+            argv = strip_nproc(args.argv)
+            return launch(args.nproc, argv if args.out else [*argv, "--out", out], device=cfg.train.device)
     run = train(source, out=out, config_file=args.config, resume=args.resume, progress=not args.quiet, **opts)
+    if int(os.environ.get("RANK", "0")) != 0:  # another process of a distributed run: rank 0 reports
+        return 0
     hist = run.history
     result = {"run_dir": str(run.dir), "epochs": len(hist), "best_epoch": hist[-1]["best_epoch"] + 1 if hist else 0,
               "train_samples_per_s": sum(r["samples_per_s"] for r in hist) / max(1, len(hist)), "test": run.test}
@@ -305,6 +320,18 @@ def _training_source(run_dir) -> str | None:
     return source if isinstance(source, str) and Path(source).is_file() else None
 
 
+def _other_rank_says_it(e: Exception) -> bool:
+    """In a distributed run, a bad input is reported by rank 0 alone (every process finds it), and a
+    lost peer by ``vaekit train --nproc`` (the launcher says which process stopped)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    from .training.distributed import PeerLost
+
+    if isinstance(e, PeerLost):
+        return bool(os.environ.get("VAEKIT_LAUNCHER"))
+    return e.exit_code == 2 and int(os.environ.get("RANK", "0")) != 0
+
+
 def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -315,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if extra:  # reported by the command's own parser, which knows its flags (see _Parser.error)
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
@@ -327,9 +355,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_outputs_spare_inputs(args)
         return args.func(args)
     except VaekitError as e:
-        print(f"vaekit {args.command}: error: {e}", file=sys.stderr)
+        if not _other_rank_says_it(e):
+            print(f"vaekit {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) != 0:  # one process of a distributed run: rank 0 says it
+            return 130
         saved = ("training progress is saved (continue with the same command and --resume)" if args.command == "train"
                  else "files are written whole or not at all")
         print(f"vaekit: interrupted; {saved}", file=sys.stderr)

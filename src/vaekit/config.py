@@ -107,6 +107,8 @@ class TrainConfig:
     feature_net: str | None = None
     perceptual_weight: float = 1.0
     tensorboard: str | None = None
+    #: several processes (torchrun): "auto" (NCCL on GPUs, gloo on CPUs), "gloo" or "nccl"
+    dist_backend: str = "auto"
 
 
 @dataclass

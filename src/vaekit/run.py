@@ -25,6 +25,7 @@ from .data.spec import DataSpec
 from .errors import CheckpointError, UsageError
 from .io import save_tensors, write_json
 from .models.base import BaseModel, build_model
+from .training import distributed
 from .training.checkpoint import load_weights
 from .training.trainer import Trainer, check_config, resolve_device
 
@@ -136,41 +137,17 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
         from .tensorboard import check_log_dir
 
         check_log_dir(cfg.train.tensorboard, resume=resume)
-    from .perceptual import build_perceptual, check_recon_loss
+    from .perceptual import check_recon_loss
 
     perceptual = check_recon_loss(cfg)
-    torch.manual_seed(cfg.train.seed)
-    d = load_run_data(cfg)
-    if not resume and (cfg.data.features is not None or cfg.model.extra.get("features")):  # M1+M2
-        from .features import build_on_features
-
-        model = build_on_features(cfg, d)
-    elif not resume and perceptual:  # the feature net's weights are copied into the model
-        model = build_perceptual(cfg, d)
-    else:
-        model = build_model(cfg.model, d.spec)
-    model.check_data(d.train)
-    trainer = Trainer(model, d, cfg.train, run_dir, progress=progress, callbacks=callbacks)
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and any((run_dir / f).exists() for f in ("last.safetensors", "last.previous.safetensors")):
-            trainer.resume()
-        elif resume:  # killed before its first checkpoint: start over with the saved settings
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        _write_config(run_dir, cfg, model, d, resumed=resume)
-    board = None
-    if cfg.train.tensorboard:
-        from .tensorboard import TensorBoardLogger
-
-        board = TensorBoardLogger(cfg.train.tensorboard, seed=cfg.train.seed,
-                                  config={**cfg.to_dict(), "model": dataclasses.asdict(model.config)})
-        trainer.callbacks = [*trainer.callbacks, board]  # (not appended: the list may be the caller's)
-    try:
-        history = trainer.fit()
-    finally:
-        if board is not None:
-            board.close()
-    run = Run(run_dir, trainer.eval_model, cfg, history, data=d)
+    # Under torchrun (several processes) each process trains its part of every batch; rank 0 alone
+    # writes the run directory and evaluates (training/distributed.py). One process: World().
+    with distributed.session(cfg.train.device, cfg.train.dist_backend, cfg.train.batch_size) as world:
+        trainer = _fit(cfg, run_dir, resume=resume, perceptual=perceptual, world=world, progress=progress,
+                       callbacks=callbacks)
+    run = Run(run_dir, trainer.eval_model, cfg, trainer.history, data=trainer.data)
+    if not world.writes:
+        return run
     if run_dir is not None:
         if not (run_dir / "model.safetensors").exists():  # validation never finite: keep the last weights
             save_tensors(run_dir / "model.safetensors", trainer.eval_model.state_dict())
@@ -182,10 +159,54 @@ def train(data: str | None = None, *, out: str | Path | None = None, config_file
     return run
 
 
+def _fit(cfg: RunConfig, run_dir: Path | None, *, resume: bool, perceptual: Any, world: distributed.World,
+         progress: bool, callbacks: list[Callable[[Any, dict[str, Any]], None]] | None) -> Trainer:
+    """Build the model and its trainer, resume or start the run directory (rank 0 writes), train."""
+    from .perceptual import build_perceptual
+
+    torch.manual_seed(cfg.train.seed)
+    d = load_run_data(cfg)
+    if not resume and (cfg.data.features is not None or cfg.model.extra.get("features")):  # M1+M2
+        from .features import build_on_features
+
+        model = build_on_features(cfg, d)
+    elif not resume and perceptual:  # the feature net's weights are copied into the model
+        model = build_perceptual(cfg, d)
+    else:
+        model = build_model(cfg.model, d.spec)
+    model.check_data(d.train)
+    trainer = Trainer(model, d, cfg.train, run_dir, progress=progress, callbacks=callbacks, world=world)
+    if run_dir is not None:
+        if world.writes:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        if resume and any((run_dir / f).exists() for f in ("last.safetensors", "last.previous.safetensors")):
+            trainer.resume()
+        elif resume and world.writes:  # killed before its first checkpoint: start over with the saved settings
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if world.writes:
+            _write_config(run_dir, cfg, model, d, resumed=resume)
+    board = None
+    if cfg.train.tensorboard and world.writes:
+        from .tensorboard import TensorBoardLogger
+
+        board = TensorBoardLogger(cfg.train.tensorboard, seed=cfg.train.seed,
+                                  config={**cfg.to_dict(), "model": dataclasses.asdict(model.config)})
+        trainer.callbacks = [*trainer.callbacks, board]  # (not appended: the list may be the caller's)
+    try:
+        trainer.fit()
+    except Exception as e:
+        distributed.raise_if_peer_lost(world, e)
+        raise
+    finally:
+        if board is not None:
+            board.close()
+    return trainer
+
+
 #: What may change on --resume: length, where and how fast it computes, how the same objective's
 #: gradient is estimated (an IWAE's --gradient-estimator) and where it logs; never the model or the data.
-RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "patience", "matmul_precision", "gradient_estimator", "cuda_graphs",
-                     "checkpoint_every", "tensorboard")
+RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "data_in_memory", "patience", "matmul_precision",
+                     "gradient_estimator", "cuda_graphs", "checkpoint_every", "tensorboard", "dist_backend")
 
 
 def _check_resume_options(run_dir: Path, cfg: RunConfig, data: str | None, options: dict[str, Any]) -> None:

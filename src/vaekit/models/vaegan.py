@@ -213,7 +213,8 @@ class VAEGAN(VAE):
         """One batch of Algorithm 1: every term from one forward pass, then the encoder's, the
         decoder's and the discriminator's updates (the last two as the equilibrium rule allows)."""
         t = self.terms(x, kl_weight=kl_weight)
-        train_dis, train_dec = equilibrium_rule(float(t["real_bce"]), float(t["fake_bce"]),
+        mean = getattr(update, "mean", lambda v: v)  # over all processes' batches in a distributed run
+        train_dis, train_dec = equilibrium_rule(float(mean(t["real_bce"])), float(mean(t["fake_bce"])),
                                                 self.config.equilibrium, self.config.margin)
         update("encoder", t["encoder"], retain_graph=True)
         if train_dec:

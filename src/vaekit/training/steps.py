@@ -81,6 +81,9 @@ class AutogradStep:
     """``model.loss`` on the batch, backward, then the guarded Adam update: any single-player model."""
 
     saves_inside_epoch = True
+    #: set by ``distributed.ShardedStep``: averages the gradients and terms over the processes
+    #: between the backward pass and the update (None: one process)
+    sync: Any = None
 
     def __init__(self, model: torch.nn.Module, opt: Adam, guard: Guard) -> None:
         self.model, self.opt, self.guard = model, opt, guard
@@ -97,6 +100,8 @@ class AutogradStep:
 
     def __call__(self, b: Batch, kl_weight: float) -> dict[str, torch.Tensor] | None:
         out = self._forward_backward(b, kl_weight)
+        if self.sync is not None:
+            out = self.sync.reduce(out, self.opt.params)
         ok = self.guard.finite(out["loss"], self.opt.params, out.get("grad_check"))
         self.guard.record("model", ok)
         if not ok:
@@ -160,15 +165,25 @@ class PlayersStep:
     ``train_step(x, update=..., kl_weight=..., **fields)`` runs the batch in its own order,
     calling ``update(player, loss)`` for each update it makes (it may skip some, as the VAE-GAN's
     equilibrium rule does). ``update`` back-propagates ``loss`` into that player's parameters
-    only, checks them, and steps its optimizer; it returns whether the update was applied."""
+    only, checks them, and steps its optimizer; it returns whether the update was applied.
+    ``update.mean(t)`` is the whole batch's mean of a batch mean ``t``: a model that decides
+    from the batch's values which updates to make reads them through it, so that all processes
+    of a distributed run decide alike (in one process it is ``t`` itself)."""
 
     saves_inside_epoch = True
+    sync: Any = None  # as AutogradStep.sync: each update's gradients, and the terms, over the processes
 
     def __init__(self, model: torch.nn.Module, opts: dict[str, Adam], guard: Guard) -> None:
         self.model, self.opts, self.guard = model, opts, guard
         self.scale = {name: float(spec.get("lr_scale", 1.0)) for name, spec in model.players().items()}
         self.extra = tuple(getattr(model, "extra_terms", ()))
         self._all_ok = True
+
+        def update(player: str, loss: torch.Tensor, *, retain_graph: bool = False) -> bool:
+            return self.update(player, loss, retain_graph=retain_graph)
+
+        update.mean = lambda t: t if self.sync is None else self.sync.mean(t)  # type: ignore[attr-defined]
+        self._update = update
 
     def begin_epoch(self, lr: float, example: Batch) -> None:
         for name, opt in self.opts.items():
@@ -181,7 +196,10 @@ class PlayersStep:
         grads = torch.autograd.grad(loss, opt.params, retain_graph=retain_graph, allow_unused=True)
         for p, g in zip(opt.params, grads):
             p.grad = g
-        ok = self.guard.finite(loss.detach(), opt.params)
+        loss = loss.detach()
+        if self.sync is not None:
+            loss = self.sync.reduce({"loss": loss}, opt.params)["loss"]
+        ok = self.guard.finite(loss, opt.params)
         self.guard.record(player, ok)
         if ok:
             opt.step()
@@ -190,7 +208,9 @@ class PlayersStep:
 
     def __call__(self, b: Batch, kl_weight: float) -> dict[str, torch.Tensor] | None:
         self._all_ok = True
-        out = self.model.train_step(b.x, update=self.update, kl_weight=kl_weight, **model_inputs(self.model, b))
+        out = self.model.train_step(b.x, update=self._update, kl_weight=kl_weight, **model_inputs(self.model, b))
+        if self.sync is not None:
+            out = self.sync.terms(out)
         return _terms(out, self.extra) if self._all_ok else None
 
     def end_epoch(self) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from ..metrics import loss_terms
 from ..numerics import float_mode
 from .average import WeightAverage
 from .checkpoint import resume_checkpoint, save_checkpoint
+from .distributed import BACKENDS, ShardedStep, World, current as current_world
 from .interrupt import StopRequest, stop_on_signals
 from .fastpath import FastStep, supports
 from .graphed import GraphedStep
@@ -63,6 +64,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"--weight-average must be in [0, 1) (0: off), got {cfg.weight_average}")
     if not cfg.checkpoint_every >= 0:
         raise UsageError(f"--checkpoint-every must be >= 0 seconds (0: at epoch ends only), got {cfg.checkpoint_every}")
+    if cfg.dist_backend not in BACKENDS:
+        raise UsageError(f"unknown --dist-backend {cfg.dist_backend!r}; valid: {', '.join(BACKENDS)}")
     if cfg.kl_warmup < 0 or cfg.grad_clip < 0 or cfg.patience < 0 or cfg.iw_samples < 0:
         raise UsageError("--kl-warmup, --grad-clip, --patience and --iw-samples must be >= 0")
 
@@ -102,16 +105,22 @@ class Trainer:
     """
 
     def __init__(self, model: torch.nn.Module, data: Data, cfg: TrainConfig, run_dir: Path | None = None,
-                 *, progress: bool = True, callbacks: list[Callable[["Trainer", dict[str, Any]], None]] | None = None) -> None:
+                 *, progress: bool = True, callbacks: list[Callable[["Trainer", dict[str, Any]], None]] | None = None,
+                 world: World | None = None) -> None:
         check_config(cfg)
         if cfg.iw_samples and getattr(model, "no_density", None):
             raise UsageError(f"--iw-samples: {model.no_density}")
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
+        # The processes of a distributed run (training/distributed.py); World() is one process.
+        # Every process trains alike; only rank 0 writes and shows progress.
+        self.world = world or current_world()
         self.device = resolve_device(cfg.device)
+        if self.world.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
         if self.device.type == "cpu":
             keep_freed_memory()  # large per-step temporaries (IWAE's k * B rows) without page faults
         self.model = model.to(self.device)
-        self.progress = progress
+        self.progress = progress and self.world.writes
         self.callbacks = callbacks or []
         # One Adam per player: {"model": ...} for a one-player model, else the model's players
         # (e.g. {"critic": ..., "vae": ...}); ``opt`` is the first.
@@ -128,7 +137,8 @@ class Trainer:
         # batches are slices of it.
         self.train = data.train.to(self.device)
         if cfg.data_init:
-            self.model.init_from_data(self.train.x[:10000])
+            self.model.init_from_data(self.train[:10000].x)
+        self.world.broadcast_module(self.model)
         self.average = WeightAverage(self.model, cfg.weight_average) if cfg.weight_average > 0 else None
         self.eval_model = self.average.model if self.average is not None else self.model
         # The hand-derived step where it applies (same loss and gradients as autograd).
@@ -137,8 +147,9 @@ class Trainer:
         # On a GPU the whole autograd step is recorded as a CUDA graph instead (see graphed.py):
         # there the launches, not the arithmetic, limit small models.
         # (Only for models that read x alone: the recorded step takes one input tensor.)
+        # (Nor under several processes: their gradients are reduced between backward and update.)
         self.use_graphs = (self.device.type == "cuda" and cfg.cuda_graphs and self.opt.fused and not self.players
-                           and not getattr(self.model, "batch_fields", ()))
+                           and not getattr(self.model, "batch_fields", ()) and not self.world.active)
         fast = cfg.fast_path and not self.players and supports(self.model) and not self.use_graphs
         self.fast = FastStep(self.model, matmul_dtype=low) if fast else None
         self.guard = Guard(self.state, cfg.max_nonfinite, cfg.grad_clip, self.device)
@@ -161,7 +172,8 @@ class Trainer:
         return rng
 
     def _save(self) -> None:
-        if self.run_dir is None:
+        if self.run_dir is None or not self.world.writes:  # (every process holds the same state)
+            self._last_save = time.monotonic()
             return
         rng = self._rng_state()
         if self.state.get("epoch_pos"):  # inside an epoch: its order is redrawn from the epoch's start
@@ -192,7 +204,8 @@ class Trainer:
         if path.exists():  # drop records of epochs after the checkpoint (an interrupted run)
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             self.history = [r for r in rows if r["epoch"] < self.state["epoch"]]
-            write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
+            if self.world.writes:
+                write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     # -- the loop ---------------------------------------------------------------------------------
     def _epoch_order(self) -> torch.Tensor:
@@ -205,11 +218,14 @@ class Trainer:
         mask = self.train.labelled
         if per and self.cfg.batch_size > 1 and mask is not None and 0 < int(mask.sum()) < len(mask):
             return labelled_first_order(mask.cpu(), self.cfg.batch_size, per, self.gen)
-        return torch.randperm(len(self.train_x), generator=self.gen)
+        return torch.randperm(len(self.train), generator=self.gen)
 
     def _epoch_batches(self) -> Batch:
-        """This epoch's training data, shuffled with one gather (and re-binarized if dynamic)."""
+        """This epoch's training data, shuffled with one gather (and re-binarized if dynamic). Data
+        streamed from disk (``data.stream.StreamSplit``) is shuffled lazily: slices read their rows."""
         batch = self.train.select(self._epoch_order().to(self.device))
+        if not self.data.dynamic_binarize:
+            return batch
         xs = batch.x
         if self.data.dynamic_binarize:
             if self.device.type == "cpu":
@@ -242,7 +258,12 @@ class Trainer:
 
     def _choose_step(self) -> Any:
         """The engine that runs one training step, chosen once: several players, the CUDA graph,
-        the hand-derived CPU step, or autograd (see steps.py)."""
+        the hand-derived CPU step, or autograd (see steps.py); under several processes, run on
+        this process's part of each batch with gradients averaged over all (distributed.py)."""
+        step = self._one_process_step()
+        return ShardedStep(step, self.world) if self.world.active else step
+
+    def _one_process_step(self) -> Any:
         if self.players:
             return PlayersStep(self.model, self.opts, self.guard)
         if self.use_graphs:
@@ -266,9 +287,19 @@ class Trainer:
         w = torch.tensor(sizes, dtype=torch.float64, device=t.device)
         return dict(zip(names, ((w @ t) / w.sum()).tolist()))
 
-    def _checkpoint_due(self) -> bool:
+    def _checkpoint_due(self, i: int = 0) -> bool:
         every = self.cfg.checkpoint_every
-        return self._stop.requested or (every > 0 and time.monotonic() - self._last_save >= every)
+        due = every > 0 and time.monotonic() - self._last_save >= every
+        if not self.world.active:
+            return self._stop.requested or due
+        # Several processes decide together, every 16th batch (one small all-reduce): a stop
+        # asked of any process stops all (after rank 0 saves), and rank 0's clock says when to save.
+        if (i // self.cfg.batch_size) % 16:
+            return False
+        flags = torch.tensor([float(self._stop.requested), float(due and self.world.writes)], device=self.device)
+        stop, due = (self.world.all_sum(flags) > 0).tolist()
+        self._stop.requested = stop
+        return stop or due
 
     def _save_inside_epoch(self, pos: int, terms: list, sizes: list[int]) -> None:
         """Checkpoint at example ``pos`` of this epoch (with the epoch's running means), then stop
@@ -312,7 +343,7 @@ class Trainer:
         step = self.step
         step.begin_epoch(lr_at(cfg, epoch), batch[:bs])  # sets each optimizer's rate (a player's: times its scale)
         for i in range(start, n, bs):
-            if i > start and step.saves_inside_epoch and self.run_dir is not None and self._checkpoint_due():
+            if i > start and step.saves_inside_epoch and self.run_dir is not None and self._checkpoint_due(i):
                 self._save_inside_epoch(i, terms, sizes)
             b = batch[i : i + bs]
             out = step(b, kl_weight_at(epoch + i / n, cfg.kl_warmup, cfg.kl_schedule))
@@ -346,7 +377,7 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Run the remaining epochs; return the per-epoch records (also in metrics.jsonl)."""
         cfg = self.cfg
-        n = len(self.train_x)
+        n = len(self.train)
         # One bar for the whole run (examples seen), so short epochs do not print a line each. When
         # stderr is a log file rather than a terminal, one short line per epoch replaces the bar.
         self._log_lines = self.progress and not sys.stderr.isatty()
@@ -358,23 +389,34 @@ class Trainer:
             self.step = self._choose_step()
         with self._bar, float_mode(cfg.matmul_precision), stop_on_signals() as self._stop:
             for epoch in range(self.state["epoch"], cfg.epochs):
-                if self._stop.requested:  # a signal during the last validation: that epoch is saved
+                if self.world.any(self._stop.requested, self.device):  # a signal during the last validation: that epoch is saved
                     raise KeyboardInterrupt
                 rec = {"epoch": epoch, "step": 0, "lr": lr_at(cfg, epoch)}
                 rec.update(self._train_epoch(epoch))
                 if self.average is not None:
                     self.average.sync_buffers()
                 if len(self.data.val):  # with no validation split the last epoch counts as best
-                    val = loss_terms(self.eval_model, self.data.val, batch_size=cfg.eval_batch_size, seed=cfg.seed + 1)
-                    rec.update({f"val_{k}": v for k, v in val.items()})
+                    rec.update({f"val_{k}": v for k, v in self._validate().items()})
                 rec["step"], rec["skipped_steps"] = self.state["step"], self.state["skipped_steps"]
                 if self.state.get("skipped_by_player") and self.players:
                     rec["skipped_by_player"] = dict(self.state["skipped_by_player"])
                 self._check_critic(epoch, rec)
                 self._end_epoch(epoch, rec)
-                if cfg.patience and self.state["since_best"] >= cfg.patience:
+                if cfg.patience and self.world.from_rank0(self.state["since_best"] >= cfg.patience, self.device):
                     break
         return self.history
+
+    def _validate(self) -> dict[str, float]:
+        """Means of the model's loss terms over the validation split; under several processes
+        each validates its part (with noise keyed by its rank) and the means are combined."""
+        cfg, val, w = self.cfg, self.data.val, self.world
+        if not w.active or len(val) < w.size:
+            return loss_terms(self.eval_model, val, batch_size=cfg.eval_batch_size, seed=cfg.seed + 1)
+        lo, hi = w.part(len(val))
+        part = loss_terms(self.eval_model, val[lo:hi], batch_size=cfg.eval_batch_size, seed=cfg.seed + 1 + 7919 * w.rank)
+        keys = sorted(part)
+        sums = torch.tensor([part[k] * (hi - lo) for k in keys], dtype=torch.float64, device=self.device)
+        return dict(zip(keys, (w.all_sum(sums) / len(val)).tolist()))
 
     #: a critic whose accuracy averages at least this over a whole epoch has won (its opponent
     #: gets no useful gradient)
@@ -414,7 +456,7 @@ class Trainer:
         improved = math.isfinite(val) and (val > st["best_val"] or not len(self.data.val))
         if improved:
             st.update(best_val=val, best_epoch=epoch, since_best=0)
-            if self.run_dir is not None:
+            if self.run_dir is not None and self.world.writes:
                 save_tensors(self.run_dir / "model.safetensors", self.eval_model.state_dict())
         else:
             st["since_best"] += 1
@@ -422,7 +464,7 @@ class Trainer:
         st.pop("epoch_pos", None)
         rec["best_epoch"] = st["best_epoch"]
         self.history.append(rec)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.world.writes:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
         self._save()
