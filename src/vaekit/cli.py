@@ -79,6 +79,8 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--data", "source", str, "dataset name (digits, mnist, fashion-mnist, binarized-mnist) or a path: image folder, .npy/.npz, .csv"),
     ("--data-dir", "data_dir", str, "folder holding the dataset files"),
     ("--image-size", "image_size", int, "resize folder images to this size (square)"),
+    ("--data-in-memory", "data_in_memory", str, "auto | yes | no: no reads a .npy file, a folder of .npy shards "
+     "(vaekit prepare) or an image folder from disk a batch at a time; auto does so when the data would not fit in memory"),
     ("--binarize", "binarize", str, "none | dynamic | static"),
     ("--val-fraction", "val_fraction", _finite, "fraction of train held out for validation"),
     ("--label-column", "label_column", str, "CSV column holding labels"),

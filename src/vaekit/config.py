@@ -54,6 +54,9 @@ class DataConfig:
     vocab_size: int | None = None
     #: pad or cut sentences to this many tokens (default: the longest training sentence + <eos>)
     max_len: int | None = None
+    #: "yes": load the data into memory; "no": read a .npy file, a folder of .npy shards or an image
+    #: folder from disk a batch at a time; "auto": stream such data only when it would not fit in memory
+    data_in_memory: str = "auto"
 
 
 @dataclass

@@ -87,7 +87,8 @@ def load_run_data(cfg: RunConfig, data_dir: str | None = None) -> Data:
                      label_column=dc.label_column, condition_columns=dc.condition_columns, condition=dc.condition,
                      labels_per_class=dc.labels_per_class, label_seed=dc.label_seed, window=dc.window,
                      stride=dc.stride, sequences=cfg.model.arch in ("gru", "lstm"),
-                     mask_anomalies=dc.mask_anomalies, tokens=dc.tokens, vocab_size=dc.vocab_size, max_len=dc.max_len)
+                     mask_anomalies=dc.mask_anomalies, tokens=dc.tokens, vocab_size=dc.vocab_size, max_len=dc.max_len,
+                     data_in_memory=dc.data_in_memory)
 
 
 def _write_config(run_dir: Path, cfg: RunConfig, model: BaseModel, data: Data, *, resumed: bool = False) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES: list[str] = ["generate", "latent", "report", "impute", "denoise", "detect", "complete", "classify", "feature_net", "serve", "export"]
+MODULES: list[str] = ["generate", "latent", "report", "impute", "denoise", "detect", "complete", "classify", "feature_net", "serve", "export", "prepare"]
 
 
 def register_all(sub) -> None:

@@ -80,8 +80,9 @@ class Batch:
 
 
 def as_batch(data: Any) -> Batch:
-    """A Batch as it is, or a bare tensor / array of examples wrapped as ``Batch(x)``."""
-    if isinstance(data, Batch):
+    """A Batch as it is (or a split read from disk, ``data.stream.StreamSplit``, which slices into
+    Batches), or a bare tensor / array of examples wrapped as ``Batch(x)``."""
+    if isinstance(data, Batch) or getattr(data, "is_split", False) is True:
         return data
     return Batch(torch.as_tensor(data))
 

@@ -166,6 +166,12 @@ def _read_path(p: Path, image_size: int | tuple[int, int] | None, label_column: 
     if not p.exists():
         raise DataError(f"no such file or directory: {p}")
     if p.is_dir():
+        from .shards import is_shard_folder, read_shard_folder
+
+        if is_shard_folder(p):  # .npy shards (vaekit prepare): the whole folder in memory
+            x, y, kind, info = read_shard_folder(p)
+            x = to_examples(x, p, allow_missing)
+            return "shards", _Raw({"all": (x, y)}, kind or array_kind(x), info)
         if isinstance(image_size, int):
             image_size = (image_size, image_size)
         x, y, color = read_image_folder(p, image_size, color)
@@ -328,7 +334,8 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
               label_column: str | None = None, condition_columns: list[str] | None = None,
               condition: str | None = None, labels_per_class: int | None = None, label_seed: int = 0,
               window: int | None = None, stride: int = 1, sequences: bool = False, mask_anomalies: bool = True,
-              tokens: str | None = None, vocab_size: int | None = None, max_len: int | None = None) -> Data:
+              tokens: str | None = None, vocab_size: int | None = None, max_len: int | None = None,
+              data_in_memory: str = "auto") -> Data:
     """Load a named dataset (``DATASETS``: digits, mnist, fashion-mnist, binarized-mnist) or a path.
 
     Paths: a folder of images (subfolder names become labels), ``.npy``/``.npz`` arrays (keys x, y
@@ -344,7 +351,19 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
     example a condition c (vectors are standardised with train statistics unless in [0, 1]).
     ``labels_per_class`` N keeps N labels per class of the training split (drawn with
     ``label_seed``) and marks the rest ``UNLABELLED`` (-1); val and test keep theirs.
+
+    ``data_in_memory``: "yes" loads everything into memory; "no" leaves a ``.npy`` file, a folder
+    of ``.npy`` shards or an image folder on disk and reads a batch at a time (``data.stream``:
+    the same splits and values); "auto" streams such a source only when it would not fit in memory.
     """
+    from .stream import IN_MEMORY
+
+    if data_in_memory not in IN_MEMORY:
+        raise UsageError(f"--data-in-memory must be one of {', '.join(IN_MEMORY)}, got {data_in_memory!r}")
+    if data_in_memory == "no" and (tokens is not None or window is not None or sequences or str(source) in DATASETS):
+        what = "built-in datasets" if str(source) in DATASETS else "sentences, series and sequences"
+        raise UsageError(f"--data-in-memory no streams a .npy file, a folder of .npy shards or an image folder; "
+                         f"{what} are loaded in memory: drop --data-in-memory no")
     if tokens is not None:  # sentences (data.text)
         from .text import load_text_data
         if window is not None:
@@ -387,6 +406,15 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
     if labels_per_class is not None and labels_per_class < 1:
         raise UsageError(f"--labels-per-class must be at least 1, got {labels_per_class}")
     src = str(source)
+    if data_in_memory != "yes" and src not in DATASETS:
+        from .stream import should_stream, stream_data
+
+        p = Path(src).expanduser()
+        if should_stream(p, image_size, data_in_memory):
+            return stream_data(p, image_size=image_size, val_fraction=val_fraction, test_fraction=test_fraction,
+                               seed=seed, refused={"--binarize": binarize != "none", "--condition": condition,
+                                                   "--condition-columns": condition_columns,
+                                                   "--labels-per-class": labels_per_class})
     if src in DATASETS:
         if condition_columns:
             raise UsageError(f"--condition-columns picks columns of a CSV file; {src} is a built-in image dataset")

@@ -138,6 +138,42 @@ def read_images(files: list[Path], size: tuple[int, int], color: str | None) -> 
     return np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)), "RGB"
 
 
+def list_images(root: Path) -> list[Path]:
+    """The image files under ``root`` (recursive, hidden parts skipped), sorted by relative path."""
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                    and not any(s.startswith(".") for s in p.relative_to(root).parts)),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+    return files
+
+
+def common_size(root: Path, files: list[Path]) -> tuple[int, int]:
+    """(H, W) shared by every image in ``files`` (headers only); UsageError when they differ."""
+    from PIL import Image
+
+    sizes = {}
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                sizes.setdefault(im.size, f)
+        except Exception as e:
+            raise DataError(f"cannot read image {f}: {' '.join(str(e).split())}") from None
+    if len(sizes) > 1:
+        (s1, f1), (s2, f2) = list(sizes.items())[:2]
+        raise UsageError(f"images in {root} have different sizes ({f1.name} {s1[0]}x{s1[1]}, {f2.name} "
+                         f"{s2[0]}x{s2[1]}); pass --image-size N to resize them all to NxN")
+    (w, h), = sizes
+    return h, w
+
+
+def folder_labels(root: Path, files: list[Path]) -> np.ndarray | None:
+    """Subfolder names (N,) as labels when every image sits in one of >= 2 subfolders, else None."""
+    tops = [p.relative_to(root).parts for p in files]
+    names = sorted({t[0] for t in tops})
+    return np.array([t[0] for t in tops]) if len(names) >= 2 and all(len(t) > 1 for t in tops) else None
+
+
 def read_image_folder(root: Path, size: tuple[int, int] | None,
                       color: str | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Images under ``root`` (recursive, sorted by path) -> uint8 (N, C, H, W), subfolder names (N,) or None, colour.
@@ -145,33 +181,11 @@ def read_image_folder(root: Path, size: tuple[int, int] | None,
     ``size`` (H, W): resize to it; None: the images' common size (UsageError when they differ).
     ``color`` "L"/"RGB" forces a colour mode; None picks "L" when every image is grey.
     """
-    from PIL import Image
-
-    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-                    and not any(s.startswith(".") for s in p.relative_to(root).parts)),
-                   key=lambda p: p.relative_to(root).as_posix())
-    if not files:
-        raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+    files = list_images(root)
     if size is None:
-        sizes = {}
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    sizes.setdefault(im.size, f)
-            except Exception as e:
-                raise DataError(f"cannot read image {f}: {' '.join(str(e).split())}") from None
-        if len(sizes) > 1:
-            (s1, f1), (s2, f2) = list(sizes.items())[:2]
-            raise UsageError(f"images in {root} have different sizes ({f1.name} {s1[0]}x{s1[1]}, {f2.name} "
-                             f"{s2[0]}x{s2[1]}); pass --image-size N to resize them all to NxN")
-        (w, h), = sizes
-        size = (h, w)
+        size = common_size(root, files)
     x, color = read_images(files, size, color)
-    # Subfolder names are labels when every image sits in one of >= 2 subfolders.
-    tops = [p.relative_to(root).parts for p in files]
-    names = sorted({t[0] for t in tops})
-    y = np.array([t[0] for t in tops]) if len(names) >= 2 and all(len(t) > 1 for t in tops) else None
-    return x, y, color
+    return x, folder_labels(root, files), color
 
 
 def read_array(path: Path, with_condition: bool = False) -> tuple[np.ndarray, ...]:
