@@ -148,3 +148,22 @@ def test_global_batch_noise_gives_each_process_its_rows():
             assert torch.equal(f[:, lo:hi], p)
         else:
             assert torch.equal(f, p)
+
+
+def test_two_processes_streaming_from_disk_train_the_in_memory_model(tmp_path):
+    """Two processes reading a .npy a batch at a time (--data-in-memory no) end with the weights of two
+    processes given the same data in memory."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    np.save(tmp_path / "digits.npy", (load_digits().images / 16).astype(np.float32))
+    args = ["--data", str(tmp_path / "digits.npy"), "--device", "cpu", "--epochs", "2", "--batch-size", "64",
+            "--hidden", "32", "--latent-dim", "3", "--seed", "1", "--quiet"]
+    outs = {}
+    for mode in ("no", "yes"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vaekit",
+               "train", *args, "--data-in-memory", mode, "--out", str(tmp_path / mode)]
+        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs[mode] = load_file(str(tmp_path / mode / "model.safetensors"))
+    assert all(torch.equal(outs["no"][k], outs["yes"][k]) for k in outs["yes"])
