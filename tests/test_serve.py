@@ -443,3 +443,14 @@ def test_explorer_tsne_map(image_run):
     assert near < np.ptp(np.asarray(st["coords"])) * 0.2
     with pytest.raises(Exception, match="pca or tsne"):
         explorer.Explorer(RunService(open_run(image_run, device="cpu")), method="umap")
+
+
+def test_a_port_in_use_is_one_line(table_run, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        code, out, err = cli(capsys, "serve", table_run, "--port", port)
+    assert code == 2 and err.count("\n") == 1 and "cannot listen on 127.0.0.1" in err and "--port" in err
