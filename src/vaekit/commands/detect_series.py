@@ -21,14 +21,26 @@ SERIES_CONTAMINATION = 0.01
 
 
 def _training_series(run, data_dir: str | None):
-    """The run's training series file (its validation rows set the threshold)."""
+    """The run's training series: a list of (series, training rows, validation rows), one per file (a run
+    trained on a folder of series has several; their validation rows set the threshold)."""
     src = Path(run.source["source"])
-    if not src.is_file() and data_dir:
+    if not src.exists() and data_dir:
         src = Path(data_dir) / src.name
-    if not src.is_file():
+    if not src.exists():
         raise DataError(f"the run's training series {run.source['source']} is not found; it sets the threshold "
                         "(its validation rows): give its folder with --data-dir")
-    return read_series(src, run.source.get("label_column"))
+    label = run.source.get("label_column")
+    if src.is_dir():
+        out = []
+        for f in run.source.get("files") or []:
+            if not (src / f["name"]).is_file():
+                raise DataError(f"{src / f['name']}, one of the run's training series, is not found")
+            rows = f["split_rows"]
+            out.append((read_series(src / f["name"], label), int(rows["train"]), int(rows["val"])))
+        return out
+    s = read_series(src, label)
+    a, v = _parts(run, len(s))
+    return [(s, a, v)]
 
 
 def _parts(run, n: int) -> tuple[int, int]:
@@ -104,10 +116,12 @@ def detect_series(run, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         raise UsageError(f"--stride must be a positive integer, got {stride}")
     window, scaler = int(run.source["window"]), run.source["scaler"]
     contamination = SERIES_CONTAMINATION if args.contamination is None else args.contamination
-    train = None
+    parts = None
     if args.input is None:  # the test rows of the training series
-        train = _training_series(run, args.data_dir)
-        a, v = _parts(run, len(train))
+        parts = _training_series(run, args.data_dir)
+        if len(parts) > 1:
+            raise UsageError("this run was trained on a folder of series; give the series to score with --input")
+        train, a, v = parts[0]
         lo = a + v
         if len(train) - lo < window:
             raise DataError("the run's series has no test part of one window or more; give --input SERIES")
@@ -132,15 +146,17 @@ def detect_series(run, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     scaled = apply_scaler(values, scaler)
     sc = score_series(run.model, scaled, window, stride=stride, mcmc=args.mcmc, seed=args.seed)
     # the threshold from the validation rows of the training series (normal operation), never test labels
-    train = train or _training_series(run, args.data_dir)
-    a, v = _parts(run, len(train))
-    if v < window:
-        raise DataError(f"the run's validation part ({v} rows) is shorter than one window of {window}, so no "
-                        "label-free threshold can be set; retrain with a larger --val-fraction")
-    ref_vals = apply_scaler(train.values[a:a + v], scaler)
-    ref = score_series(run.model, ref_vals, window, stride=stride, mcmc=args.mcmc, seed=args.seed).point
-    if train.labels is not None:
-        ref = ref[train.labels[a:a + v] == 0]
+    refs = []
+    for train, a, v in parts or _training_series(run, args.data_dir):
+        if v < window:
+            continue
+        ref = score_series(run.model, apply_scaler(train.values[a:a + v], scaler), window, stride=stride,
+                           mcmc=args.mcmc, seed=args.seed).point
+        refs.append(ref if train.labels is None else ref[train.labels[a:a + v] == 0])
+    if not refs:
+        raise DataError(f"the run's validation part is shorter than one window of {window}, so no label-free "
+                        "threshold can be set; retrain with a larger --val-fraction")
+    ref = np.concatenate(refs)
     threshold = threshold_of(ref, args.threshold, contamination=contamination, risk=args.risk)
     flags = np.isfinite(sc.point) & (sc.point > threshold)
     fig = out.with_suffix(".png")

@@ -271,15 +271,38 @@ def series_record(s: Series, path: Path, window: int, stride: int, scaler: dict[
             "channels": s.columns, "scaler": scaler, "rows": len(s), "time_index": s.index is not None}
 
 
+def series_files(folder: Path) -> list[Path]:
+    """The series files of a folder (one series each), in name order; DataError when there are none."""
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in SERIES_SUFFIXES
+                   and not f.name.startswith("."))
+    if not files:
+        raise DataError(f"{folder} holds no series files ({', '.join(SERIES_SUFFIXES)}); give a folder of series, "
+                        "one per file, or one series file")
+    return files
+
+
+def _read_all(p: Path, label_column: str | None) -> list[tuple[Path, Series]]:
+    """One series file, or every file of a folder; the files of a folder must have the same channels."""
+    if not p.is_dir():
+        return [(p, read_series(p, label_column))]
+    out = [(f, read_series(f, label_column)) for f in series_files(p)]
+    first, s0 = out[0]
+    for f, s in out[1:]:
+        if s.values.shape[1] != s0.values.shape[1] or (s.columns != s0.columns and s.index is not None):
+            raise DataError(f"{f.name} has columns {s.columns} but {first.name} has {s0.columns}; the series of a "
+                            "folder must have the same channels")
+    return out
+
+
 def load_series_data(source: str | Path, *, window: int, stride: int = 1, val_fraction: float = 0.1,
                      test_fraction: float = 0.1, label_column: str | None = None, mask_anomalies: bool = True):
-    """A series cut into windows, as ``Data``: spec (window, D) "continuous"; each split's ``x``
-    (N, window, D) with 0 where missing and ``mask`` (N, window, D). The rows are split in time:
-    the first ``1 - val_fraction - test_fraction`` train (and fit the scaler), then validation,
-    then test. Rows marked anomalous by a label column are masked out of the training windows
-    (as Donut's modified ELBO does: known anomalies do not teach the model what normal looks like)
-    unless ``mask_anomalies`` is False.
-    Windows with no observed value are dropped."""
+    """A series (or a folder of series, one per file) cut into windows, as ``Data``: spec (window, D)
+    "continuous"; each split's ``x`` (N, window, D) with 0 where missing and ``mask`` (N, window, D).
+    The rows of each series are split in time: the first ``1 - val_fraction - test_fraction`` train
+    (and fit the scaler, over all the files' training rows), then validation, then test; no window
+    crosses from one file into the next. Rows marked anomalous by a label column are masked out of the
+    training windows (as Donut's modified ELBO does: known anomalies do not teach the model what
+    normal looks like) unless ``mask_anomalies`` is False. Windows with no observed value are dropped."""
     from .batch import Batch
     from .datasets import Data
     from .spec import DataSpec
@@ -289,34 +312,47 @@ def load_series_data(source: str | Path, *, window: int, stride: int = 1, val_fr
         if not 0 <= f < 1:
             raise UsageError(f"{nm} must be in [0, 1), got {f}")
     p = Path(source).expanduser()
-    s = read_series(p, label_column)
-    check_series_length(s.values, window, str(p))
-    n = len(s)
-    n_test, n_val = int(round(test_fraction * n)), int(round(val_fraction * n))
-    a = n - n_val - n_test
-    if observed_rows(s.values[:a]) < window:
-        raise DataError(f"{p}: the training part ({a} of {n} rows, after holding out --val-fraction {val_fraction} "
-                        f"and --test-fraction {test_fraction} at the end) is shorter than one window of {window}; "
-                        "give a longer series, a smaller --window or smaller fractions")
-    scaler = fit_scaler(s.values[:a])
-    scaled = apply_scaler(s.values, scaler)
-    splits = {}
-    for name, lo, hi in (("train", 0, a), ("val", a, a + n_val), ("test", a + n_val, n)):
-        part = scaled[lo:hi].copy()
-        if name == "train" and s.labels is not None and mask_anomalies:
-            part[s.labels[lo:hi] == 1] = np.nan  # known anomalies: not normal data to learn from
-        x, m, _ = cut_windows(part, window, stride)
-        keep = m.flatten(1).any(1)
-        splits[name] = Batch(x[keep].contiguous(), mask=m[keep].contiguous())
+    series = _read_all(p, label_column)
+    parts: list[tuple[Path, Series, int, int, int]] = []
+    for f, s in series:
+        check_series_length(s.values, window, str(f))
+        n = len(s)
+        n_test, n_val = int(round(test_fraction * n)), int(round(val_fraction * n))
+        a = n - n_val - n_test
+        if observed_rows(s.values[:a]) < window:
+            raise DataError(f"{f}: the training part ({a} of {n} rows, after holding out --val-fraction {val_fraction} "
+                            f"and --test-fraction {test_fraction} at the end) is shorter than one window of {window}; "
+                            "give a longer series, a smaller --window or smaller fractions")
+        parts.append((f, s, a, n_val, n_test))
+    scaler = fit_scaler(np.concatenate([s.values[:a] for _, s, a, _, _ in parts]))
+    pieces: dict[str, list[Batch]] = {"train": [], "val": [], "test": []}
+    for f, s, a, n_val, n_test in parts:
+        scaled = apply_scaler(s.values, scaler)
+        for name, lo, hi in (("train", 0, a), ("val", a, a + n_val), ("test", a + n_val, len(s))):
+            part = scaled[lo:hi].copy()
+            if name == "train" and s.labels is not None and mask_anomalies:
+                part[s.labels[lo:hi] == 1] = np.nan  # known anomalies: not normal data to learn from
+            x, m, _ = cut_windows(part, window, stride)
+            keep = m.flatten(1).any(1)
+            pieces[name].append(Batch(x[keep], mask=m[keep]))
+    splits = {k: Batch(torch.cat([b.x for b in v]).contiguous(), mask=torch.cat([b.mask for b in v]).contiguous())
+              for k, v in pieces.items()}
     if not len(splits["train"]):
         raise DataError(f"{p}: no training window has an observed value; the training rows are all missing")
-    record = series_record(s, p, window, stride, scaler)
+    first = parts[0][1]
+    record = series_record(first, p, window, stride, scaler)
     record.update(val_fraction=val_fraction, test_fraction=test_fraction, label_column=label_column,
                   mask_anomalies=mask_anomalies,
-                  labelled_rows=None if s.labels is None else int(s.labels.sum()),
-                  split_rows={"train": a, "val": n_val, "test": n_test},
-                  kind="continuous", standardize=None, classes=None)
-    spec = DataSpec((window, s.values.shape[1]), "continuous")
+                  labelled_rows=None if all(s.labels is None for _, s, *_ in parts)
+                  else int(sum(int(s.labels.sum()) for _, s, *_ in parts if s.labels is not None)),
+                  rows=int(sum(len(s) for _, s, *_ in parts)), kind="continuous", standardize=None, classes=None)
+    if p.is_dir():  # per file: its name and how its rows were split
+        record["files"] = [{"name": f.name, "rows": len(s), "split_rows": {"train": a, "val": v, "test": t}}
+                          for f, s, a, v, t in parts]
+    else:
+        _, _, a, v, t = parts[0]
+        record["split_rows"] = {"train": a, "val": v, "test": t}
+    spec = DataSpec((window, first.values.shape[1]), "continuous")
     return Data(spec, splits["train"], splits["val"], splits["test"], record)
 
 
@@ -425,12 +461,14 @@ def load_sequence_inputs(path: str | Path, spec: Any, source: dict[str, Any]):
     p = Path(path).expanduser()
     t, d = spec.shape
     if source.get("kind_of_source") == "series":
-        s = read_series(p, source.get("label_column"))
-        check_series_length(s.values, t, str(p))
-        scaled = apply_scaler(s.values, source["scaler"])
-        x, m, _ = cut_windows(scaled, t, int(source.get("stride") or 1))
-        keep = m.flatten(1).any(1)
-        return Batch(x[keep].contiguous(), mask=m[keep].contiguous())
+        xs, ms = [], []
+        for f, s in _read_all(p, source.get("label_column")):  # a series file, or a folder of them
+            check_series_length(s.values, t, str(f))
+            x, m, _ = cut_windows(apply_scaler(s.values, source["scaler"]), t, int(source.get("stride") or 1))
+            keep = m.flatten(1).any(1)
+            xs.append(x[keep])
+            ms.append(m[keep])
+        return Batch(torch.cat(xs).contiguous(), mask=torch.cat(ms).contiguous())
     if p.suffix.lower() not in (".npz", ".npy"):
         raise DataError(f"{p}: this run was trained on sequences from an .npz/.npy; give one of those")
     x, _, _ = read_sequences_npz(p)
