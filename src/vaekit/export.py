@@ -481,6 +481,10 @@ def plan(model: BaseModel) -> Plan:
     if isinstance(model, CompletionVAE):
         return _plan_completion(model, spec)
     if isinstance(model, _SequenceModel):
+        if "y" in model.batch_fields:
+            raise UsageError("ONNX export of a conditional sequence run (--model cvae on sequences) is not offered: "
+                             "its graphs would need the label as an input, which the sequence exporter does not lay "
+                             "out; export a --model vae or iwae sequence run, or use the run through vaekit itself")
         return _plan_sequence(model, spec)
     if isinstance(model, VAE):
         return _plan_vae(model, spec)

@@ -471,11 +471,17 @@ def load_sequence_inputs(path: str | Path, spec: Any, source: dict[str, Any]):
         return Batch(torch.cat(xs).contiguous(), mask=torch.cat(ms).contiguous())
     if p.suffix.lower() not in (".npz", ".npy"):
         raise DataError(f"{p}: this run was trained on sequences from an .npz/.npy; give one of those")
-    x, _, _ = read_sequences_npz(p)
+    x, _, y = read_sequences_npz(p)
     if x.shape[1:] != (t, d):
         raise DataError(f"{p}: sequences of shape {x.shape[1:]} (steps, channels); the run was trained on {(t, d)}; "
                         "pad or cut them to its length")
     if source.get("scaler"):
         x = apply_scaler(x.reshape(-1, d), source["scaler"]).reshape(x.shape)
     m = ~np.isnan(x)
-    return Batch(torch.from_numpy(np.where(m, x, 0.0).astype(np.float32)), mask=torch.from_numpy(m.astype(np.float32)))
+    labels = None
+    if y is not None and source.get("classes"):  # labels y of the run's classes, as their indices (a conditional run reads them)
+        from .datasets import _encode_labels
+        codes, classes = _encode_labels(y, p, source["classes"])
+        labels = torch.as_tensor(codes, dtype=torch.int64) if classes == source["classes"] else None
+    return Batch(torch.from_numpy(np.where(m, x, 0.0).astype(np.float32)), y=labels,
+                 mask=torch.from_numpy(m.astype(np.float32)))

@@ -75,6 +75,17 @@ class ConditionEmbedding(nn.Module):
         return self.net(c) if self.net is not None else c.reshape(len(c), -1)
 
 
+def conditional_prior_net(cond: ConditionEmbedding, config: ModelConfig) -> nn.Sequential:
+    """The network of the learned prior p(z|c): the embedded condition -> [mu, logvar] (linear for
+    class labels, one hidden layer for condition vectors and inputs), started at N(0, I)."""
+    e, d = cond.dim, config.latent_dim
+    net = mlp([e, 2 * d] if cond.field == "y" else [e, PRIOR_HIDDEN, 2 * d], config.activation)
+    with torch.no_grad():  # start at N(0, I): the unconditional model's prior
+        net[-1].weight.zero_()
+        net[-1].bias.zero_()
+    return net
+
+
 @MODELS.register("cvae")
 class CVAE(BaseModel):
     """Encoder q(z|x,c), decoder p(x|z,c) through a likelihood, prior N(0, I) or p(z|c).
@@ -95,13 +106,7 @@ class CVAE(BaseModel):
         self.decoder = DECODERS.get(config.arch)(spec.shape, d + e, config.hidden, config.activation,
                                                  self.likelihood.num_params)
         self.prior = PRIORS.get(config.prior)(d)
-        self.prior_net: nn.Sequential | None = None
-        if config.conditional_prior:
-            sizes = [e, 2 * d] if self.cond.field == "y" else [e, PRIOR_HIDDEN, 2 * d]
-            self.prior_net = mlp(sizes, config.activation)
-            with torch.no_grad():  # start at N(0, I): the unconditional model's prior
-                self.prior_net[-1].weight.zero_()
-                self.prior_net[-1].bias.zero_()
+        self.prior_net = conditional_prior_net(self.cond, config) if config.conditional_prior else None
         self.latent_dim = d
 
     def check_data(self, train: object) -> None:

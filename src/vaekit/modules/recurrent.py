@@ -13,7 +13,12 @@ blanks each previous-step input with that probability while training, so the dec
 rather than on its inputs (against posterior collapse). Generation runs step by step, feeding back
 the decoder's mean.
 
-Shapes: x and mask (B, T, D); z (B, L); the decoder returns the likelihood's raw parameters
+Conditioning (the sequence CVAE): with ``cond_dim`` E > 0 both networks take a condition h (B, E)
+(e.g. a one-hot class label), ``cond``: the encoder concatenates it to its summary (both directions'
+final states) before the mean/log-variance head, the decoder to z, so it sets the initial state and
+is fed at every step. With ``cond_dim`` 0 (the default) the networks are the unconditional ones.
+
+Shapes: x and mask (B, T, D); z (B, L); h (B, E); the decoder returns the likelihood's raw parameters
 (B, P, T, D).
 """
 
@@ -50,17 +55,24 @@ class _StepInputs(nn.Module):
         return torch.cat([x * m, m], -1)
 
 
+def _need_cond(cond: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if cond is None:
+        raise ValueError("this network is conditional (cond_dim > 0) and got no condition")
+    return cond.to(like.dtype)
+
+
 class RecurrentEncoder(nn.Module):
     def __init__(self, channels: int, latent_dim: int, hidden: list[int], cell: str = "gru",
-                 vocab: int | None = None) -> None:
+                 vocab: int | None = None, cond_dim: int = 0) -> None:
         super().__init__()
         self.width, self.layers = _check_widths(hidden)
-        self.cell = cell
+        self.cell, self.cond_dim = cell, int(cond_dim)
         self.inputs = _StepInputs(channels, vocab, self.width)
         self.rnn = CELLS[cell](self.inputs.size, self.width, num_layers=self.layers, batch_first=True, bidirectional=True)
-        self.head = nn.Linear(2 * self.width, 2 * latent_dim)
+        self.head = nn.Linear(2 * self.width + self.cond_dim, 2 * latent_dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cond: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
         inp = self.inputs(x, m)
         lengths = None
@@ -80,6 +92,8 @@ class RecurrentEncoder(nn.Module):
             h = h[0]
         # h: (layers * 2, B, width); the last layer's forward and backward final states
         last = torch.cat([h[-2], h[-1]], -1)
+        if self.cond_dim:
+            last = torch.cat([last, _need_cond(cond, last)], -1)
         mu, logvar = self.head(last).chunk(2, -1)
         return mu, logvar
 
@@ -90,15 +104,21 @@ class RecurrentDecoder(nn.Module):
     autoregressive = True
 
     def __init__(self, channels: int, steps: int, latent_dim: int, hidden: list[int], num_params: int,
-                 cell: str = "gru", word_dropout: float = 0.0, vocab: int | None = None) -> None:
+                 cell: str = "gru", word_dropout: float = 0.0, vocab: int | None = None, cond_dim: int = 0) -> None:
         super().__init__()
         self.width, self.layers = _check_widths(hidden)
         self.cell, self.channels, self.steps, self.num_params = cell, channels, steps, num_params
         self.word_dropout = float(word_dropout)
-        self.init = nn.Linear(latent_dim, self.layers * self.width * (2 if cell == "lstm" else 1))
+        self.cond_dim = int(cond_dim)
+        code = latent_dim + self.cond_dim  # [z, h]: what sets the initial state and is fed at every step
+        self.init = nn.Linear(code, self.layers * self.width * (2 if cell == "lstm" else 1))
         self.inputs = _StepInputs(channels, vocab, self.width)
-        self.rnn = CELLS[cell](self.inputs.size + latent_dim, self.width, num_layers=self.layers, batch_first=True)
+        self.rnn = CELLS[cell](self.inputs.size + code, self.width, num_layers=self.layers, batch_first=True)
         self.out = nn.Linear(self.width, num_params * channels)
+
+    def _code(self, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """[z, h] for a conditional decoder, z for an unconditional one."""
+        return torch.cat([z, _need_cond(cond, z)], -1) if self.cond_dim else z
 
     def _state(self, z: torch.Tensor):
         h = torch.tanh(self.init(z)).view(z.shape[0], -1, self.layers, self.width).permute(1, 2, 0, 3).contiguous()
@@ -108,16 +128,19 @@ class RecurrentDecoder(nn.Module):
         b, t, _ = out.shape
         return self.out(out).view(b, t, self.num_params, self.channels).permute(0, 2, 1, 3)  # (B, P, T, D)
 
-    def forward(self, z: torch.Tensor, x: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, x: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced parameters (B, P, T, D) of every step given x; without x, ``generate``."""
         if x is None:
-            return self.generate(z)
-        return self._params(self.states(z, x, mask))
+            return self.generate(z, cond=cond)
+        return self._params(self.states(z, x, mask, cond))
 
-    def states(self, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def states(self, z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None,
+               cond: torch.Tensor | None = None) -> torch.Tensor:
         """The top layer's teacher-forced states (B, T, width), before the output layer ``out``
         (a caller that needs the parameters of some steps only applies ``out`` to those)."""
         b, t, d = x.shape
+        z = self._code(z, cond)
         m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
         prev = self.inputs(x, m)
         prev = torch.cat([prev.new_zeros(b, 1, prev.shape[-1]), prev[:, :-1]], 1)  # step t sees step t - 1 (none at t = 0)
@@ -128,10 +151,12 @@ class RecurrentDecoder(nn.Module):
         out, _ = self.rnn(inp, self._state(z))
         return out
 
-    def generate(self, z: torch.Tensor, mean_of=None, steps: int | None = None, *, values: bool = False):
+    def generate(self, z: torch.Tensor, mean_of=None, steps: int | None = None, *, values: bool = False,
+                 cond: torch.Tensor | None = None):
         """Free-running parameters (B, P, T, D): each step's input is the previous step's value,
         ``mean_of(params)`` (the likelihood's mean; the first parameter when not given). With
         ``values``: (parameters, the values fed back (B, T, D))."""
+        z = self._code(z, cond)
         b, steps = z.shape[0], steps or self.steps
         state = self._state(z)
         prev = z.new_zeros(b, 1, self.inputs.size)
