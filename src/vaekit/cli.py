@@ -136,6 +136,8 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--device", "device", str, "auto | cpu | cuda"),
     ("--weight-average", "weight_average", _finite, "decay of the weight moving average that is evaluated and saved (0: off)"),
     ("--matmul-precision", "matmul_precision", str, "highest (fp32) | high | medium (bf16 matmuls on AMX CPUs)"),
+    ("--precision", "precision", str, "fp32 | bf16 | fp16: the training step's forward under autocast in bf16/fp16 "
+     "(weights, gradients and loss terms stay fp32; fp16 needs a CUDA GPU)"),
     ("--cuda-graphs", "cuda_graphs", _on_off, "on | off: on a GPU, replay each training step as one CUDA graph (default on)"),
     ("--iw-samples", "iw_samples", int, "importance samples for the final test NLL (0: skip)"),
     ("--dist-backend", "dist_backend", str, "several processes (torchrun, --nproc): auto (NCCL on GPUs, gloo on CPUs) | gloo | nccl"),
@@ -227,6 +229,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         cfg = planned_config(source, out=out, config_file=args.config, resume=args.resume, options=opts)
         check_launch(args.nproc, device=cfg.train.device, backend=cfg.train.dist_backend, batch_size=cfg.train.batch_size)
+        from .training.trainer import check_config
+
+        check_config(cfg.train)  # (e.g. --precision fp16 on CPUs) once here, not once per process
         if args.nproc > 1:
             argv = strip_nproc(args.argv)
             return launch(args.nproc, argv if args.out else [*argv, "--out", out], device=cfg.train.device)

@@ -68,6 +68,10 @@ class TrainConfig:
     marginal (mean image). fast_path: use the hand-derived training step for MLP VAEs (same
     gradients as autograd, fewer operations). matmul_precision: "highest" is exact fp32; "medium" lets
     float32 matrix multiplies run in bfloat16 on CPUs with AMX (and TF32/bf16 on GPUs).
+    precision: "fp32", or mixed precision for the training step: "bf16" (GPUs, and CPUs with
+    bf16 support) or "fp16" (CUDA GPUs only, with a dynamic loss scale): the forward runs under
+    ``torch.autocast`` while weights, gradients, optimizer state and the loss terms stay float32
+    (``training/precision.py``). A compute setting: it may change on --resume.
     weight_average: decay of the moving average of the weights that is validated, saved and
     returned (about the last 1 / (1 - decay) steps); 0 uses the raw weights.
     cuda_graphs: on a CUDA device, record the training step once as a CUDA graph and replay it
@@ -99,6 +103,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     matmul_precision: str = "highest"
+    precision: str = "fp32"
     eval_batch_size: int = 1000
     iw_samples: int = 0
     data_init: bool = True

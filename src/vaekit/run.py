@@ -206,7 +206,7 @@ def _fit(cfg: RunConfig, run_dir: Path | None, *, resume: bool, perceptual: Any,
 
 #: What may change on --resume: length, where and how fast it computes, how the same objective's
 #: gradient is estimated (an IWAE's --gradient-estimator) and where it logs; never the model or the data.
-RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "data_in_memory", "patience", "matmul_precision",
+RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "data_in_memory", "patience", "matmul_precision", "precision",
                      "gradient_estimator", "cuda_graphs", "checkpoint_every", "tensorboard", "dist_backend")
 
 

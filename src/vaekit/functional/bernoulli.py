@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .amp import float32_terms
+
 
 class _BernoulliLogProb(torch.autograd.Function):
     @staticmethod
@@ -33,6 +35,7 @@ class _BernoulliLogProb(torch.autograd.Function):
         return g_logits, g_x
 
 
+@float32_terms
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum_i [x_i log sigmoid(l_i) + (1 - x_i) log sigmoid(-l_i)] per example, in nats: (B, ...) -> (B,).
 
@@ -43,6 +46,7 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _BernoulliLogProb.apply(logits.reshape(b, -1), x.reshape(b, -1))
 
 
+@float32_terms
 def bernoulli_log_prob_k(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The same per-example sum for k logit sets per example: logits (k, B, ...), x (B, ...) -> (k, B).
 

@@ -6,7 +6,10 @@ import math
 
 import torch
 
+from .amp import float32_terms
 
+
+@float32_terms
 def log_mean_exp(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Stable log(mean(exp(t))) along ``dim``."""
     return torch.logsumexp(t, dim=dim) - math.log(t.shape[dim])

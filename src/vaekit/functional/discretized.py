@@ -7,7 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .amp import float32_terms
 
+
+@float32_terms
 def discretized_logistic_log_prob(
     x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, bins: int = 256
 ) -> torch.Tensor:

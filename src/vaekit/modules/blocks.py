@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
+from ..functional.amp import widen
 from ..registry import Registry
 
 ACTIVATIONS = {
@@ -61,7 +62,7 @@ class MLPEncoder(nn.Module):
         h = x.reshape(x.shape[0], -1)
         if c is not None:
             h = torch.cat([h, c.to(h.dtype)], dim=1)
-        h = self.net(h)  # (B, 2D)
+        h = widen(self.net(h))  # (B, 2D); float32 under mixed precision: q's noise, z and log q in full precision
         mu, logvar = h.chunk(2, dim=-1)
         return mu, logvar
 
@@ -138,7 +139,7 @@ class ConvEncoder(nn.Module):
         h = self.conv(x).flatten(1)
         if c is not None:
             h = torch.cat([h, c.to(h.dtype)], dim=1)
-        mu, logvar = self.head(h).chunk(2, dim=-1)
+        mu, logvar = widen(self.head(h)).chunk(2, dim=-1)  # (float32 under mixed precision, as MLPEncoder's)
         return mu, logvar
 
 

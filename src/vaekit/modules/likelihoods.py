@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal, constraints
 
+from ..functional.amp import wrap_methods
 from ..functional.bernoulli import bernoulli_log_prob, bernoulli_log_prob_k
 from ..functional.discretized import discretized_logistic_log_prob
 from ..registry import Registry
@@ -27,6 +28,12 @@ class Likelihood(nn.Module):
     num_params: int = 1
     #: data kinds this likelihood is valid for
     kinds: tuple[str, ...] = ("binary", "8bit", "unit", "continuous")
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Under mixed precision (torch.autocast) every likelihood scores in float32: a sum of
+        # hundreds of per-value log-probabilities is not kept in 16 bits (functional/amp.py).
+        super().__init_subclass__(**kwargs)
+        wrap_methods(cls, ("log_prob", "log_prob_k", "log_prob_elements"))
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x | params) summed over the data dims: (B,) in nats."""

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ..functional.amp import wrap_methods
 from ..functional.kl import gaussian_log_prob, kl_normal_std_normal, standard_normal_log_prob
 from ..registry import Registry
 
@@ -17,6 +18,11 @@ class Prior(nn.Module):
     """Base class: ``log_prob(z)`` (summed over the latent axis) and ``kl(mu, logvar)`` per dim."""
 
     analytic_kl: bool = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # log p(z) and the KL in float32 under mixed precision (functional/amp.py)
+        super().__init_subclass__(**kwargs)
+        wrap_methods(cls, ("log_prob", "kl"))
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()

@@ -13,6 +13,8 @@ loss terms, the number of skipped steps and the longest run of them are summed o
 and read once per epoch by ``collect``.
 
 Without ``capture`` (any device) the same step runs eagerly, which is how it is tested on CPUs.
+Under ``--precision bf16`` the forward is recorded under autocast (``precision.py``); fp16 is not
+recorded (its loss scale would have to be updated inside the graph): the trainer steps eagerly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from .optim import Adam
+from .precision import Precision
 
 TERMS = ("loss", "elbo", "recon", "kl")
 
@@ -36,9 +39,14 @@ class GraphedStep:
     """
 
     def __init__(self, model: torch.nn.Module, opt: Adam, example: torch.Tensor, *, capture: bool = True,
-                 warmup: int = 3) -> None:
+                 warmup: int = 3, precision: Precision | None = None) -> None:
         if not opt.fused:
             raise ValueError("GraphedStep needs the fused Adam update (parameters in float32/64 on CPU or CUDA)")
+        # bf16: the forward is recorded under autocast (its casts become kernels of the graph);
+        # fp16's loss scale is not recorded (the trainer uses the eager step under fp16)
+        self.prec = precision or Precision()
+        if self.prec.scalers:
+            raise ValueError("GraphedStep does not record fp16's loss scaling; use the eager step")
         dev = example.device
         self.model, self.opt = model, opt
         self.x = example.detach().clone()
@@ -57,7 +65,8 @@ class GraphedStep:
 
     # -- the step ---------------------------------------------------------------------------------
     def _body(self) -> None:
-        out = self.model.loss(self.x, kl_weight=self.kl_weight)
+        with self.prec.autocast(cache=False):  # (autocast's cache must not outlive a recording)
+            out = self.model.loss(self.x, kl_weight=self.kl_weight)
         loss = out["loss"]
         self.opt.zero_grad()  # in place; before the recording the gradients are None instead
         loss.backward()

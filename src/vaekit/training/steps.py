@@ -23,6 +23,7 @@ from ..data.batch import Batch, model_inputs
 from ..errors import TrainingError
 from .graphed import GraphedStep
 from .optim import Adam
+from .precision import LossScaler, Precision
 
 QUEUED: dict[str, torch.Tensor] = {}  # the sentinel of a step queued on the device (identity matters)
 TERMS = ("loss", "elbo", "recon", "kl")
@@ -42,19 +43,30 @@ class Guard:
         self._found_inf = torch.zeros(1, device=device)
         self._one = torch.ones(1, device=device)
 
-    def finite(self, loss: torch.Tensor, params: list[torch.Tensor], grad_check: torch.Tensor | None = None) -> bool:
+    def finite(self, loss: torch.Tensor, params: list[torch.Tensor], grad_check: torch.Tensor | None = None,
+               scaler: LossScaler | None = None) -> bool:
         """Whether ``loss`` and the gradients of ``params`` are finite (clipping them first when
-        --grad-clip is set). ``grad_check``: the hand-derived step's sum of its gradients."""
+        --grad-clip is set). ``grad_check``: the hand-derived step's sum of its gradients.
+        ``scaler`` (fp16): the gradients are of the scaled loss; they are unscaled in place first
+        (in the same fused pass as the check), and the scale is updated by the outcome."""
         if grad_check is not None and self.grad_clip == 0:
             return math.isfinite(float(loss + grad_check))
         grads = [p.grad for p in params if p.grad is not None]
+        inv = self._one if scaler is None else scaler.inv_scale()
         if self.grad_clip > 0:
+            if scaler is not None:  # the norm clipped is the true gradients'
+                self._found_inf.zero_()
+                torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found_inf, inv)
             norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.grad_clip, foreach=True)
-            return bool(torch.isfinite(loss) & torch.isfinite(norm))
-        # One fused pass over all gradients (what torch's GradScaler uses), far cheaper than a norm.
-        self._found_inf.zero_()
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found_inf, self._one)
-        return bool(torch.isfinite(loss) & (self._found_inf == 0))
+            ok = bool(torch.isfinite(loss) & torch.isfinite(norm))
+        else:
+            # One fused pass over all gradients (what torch's GradScaler uses), far cheaper than a norm.
+            self._found_inf.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found_inf, inv)
+            ok = bool(torch.isfinite(loss) & (self._found_inf == 0))
+        if scaler is not None:
+            scaler.update(self._found_inf.fill_(0.0 if ok else 1.0))
+        return ok
 
     def record(self, player: str, ok: bool, count: int = 1, longest_run: int = 0) -> None:
         """Count ``count`` updates of ``player`` (skipped unless ``ok``); stop after too many in a row."""
@@ -78,31 +90,34 @@ def _terms(out: dict[str, torch.Tensor], extra: tuple[str, ...]) -> dict[str, to
 
 
 class AutogradStep:
-    """``model.loss`` on the batch, backward, then the guarded Adam update: any single-player model."""
+    """``model.loss`` on the batch, backward, then the guarded Adam update: any single-player model.
+    ``precision`` (``precision.py``): the forward's autocast and, for fp16, the loss scale."""
 
     saves_inside_epoch = True
     #: set by ``distributed.ShardedStep``: averages the gradients and terms over the processes
     #: between the backward pass and the update (None: one process)
     sync: Any = None
 
-    def __init__(self, model: torch.nn.Module, opt: Adam, guard: Guard) -> None:
+    def __init__(self, model: torch.nn.Module, opt: Adam, guard: Guard, precision: Precision | None = None) -> None:
         self.model, self.opt, self.guard = model, opt, guard
+        self.prec = precision or Precision()
         self.extra = tuple(getattr(model, "extra_terms", ()))
 
     def begin_epoch(self, lr: float, example: Batch) -> None:
         self.opt.lr = lr
 
     def _forward_backward(self, b: Batch, kl_weight: float) -> dict[str, torch.Tensor]:
-        out = self.model.loss(b.x, kl_weight=kl_weight, **model_inputs(self.model, b))
+        with self.prec.autocast():
+            out = self.model.loss(b.x, kl_weight=kl_weight, **model_inputs(self.model, b))
         self.opt.zero_grad()  # in place: reused gradient buffers cost no page faults
-        out["loss"].backward()
+        self.prec.backward(out["loss"])  # (of the scaled loss under fp16)
         return out
 
     def __call__(self, b: Batch, kl_weight: float) -> dict[str, torch.Tensor] | None:
         out = self._forward_backward(b, kl_weight)
         if self.sync is not None:
             out = self.sync.reduce(out, self.opt.params)
-        ok = self.guard.finite(out["loss"], self.opt.params, out.get("grad_check"))
+        ok = self.guard.finite(out["loss"], self.opt.params, out.get("grad_check"), self.prec.scaler())
         self.guard.record("model", ok)
         if not ok:
             return None
@@ -117,7 +132,7 @@ class HandDerivedStep(AutogradStep):
     """The same update with the hand-derived forward and backward of ``fastpath.FastStep``."""
 
     def __init__(self, model: torch.nn.Module, opt: Adam, guard: Guard, fast: Any) -> None:
-        super().__init__(model, opt, guard)
+        super().__init__(model, opt, guard)  # float32 only: not chosen under --precision bf16/fp16
         self.fast = fast
 
     def _forward_backward(self, b: Batch, kl_weight: float) -> dict[str, torch.Tensor]:
@@ -132,8 +147,8 @@ class GraphStep:
     saves_inside_epoch = False
 
     def __init__(self, model: torch.nn.Module, opt: Adam, guard: Guard, batch_size: int,
-                 make: Callable[[torch.Tensor], GraphedStep]) -> None:
-        self.eager = AutogradStep(model, opt, guard)
+                 make: Callable[[torch.Tensor], GraphedStep], precision: Precision | None = None) -> None:
+        self.eager = AutogradStep(model, opt, guard, precision)
         self.opt, self.guard, self.bs, self.make = opt, guard, batch_size, make
         self.graph: GraphedStep | None = None
 
@@ -173,8 +188,9 @@ class PlayersStep:
     saves_inside_epoch = True
     sync: Any = None  # as AutogradStep.sync: each update's gradients, and the terms, over the processes
 
-    def __init__(self, model: torch.nn.Module, opts: dict[str, Adam], guard: Guard) -> None:
+    def __init__(self, model: torch.nn.Module, opts: dict[str, Adam], guard: Guard, precision: Precision | None = None) -> None:
         self.model, self.opts, self.guard = model, opts, guard
+        self.prec = precision or Precision()
         self.scale = {name: float(spec.get("lr_scale", 1.0)) for name, spec in model.players().items()}
         self.extra = tuple(getattr(model, "extra_terms", ()))
         self._all_ok = True
@@ -190,16 +206,21 @@ class PlayersStep:
             opt.lr = lr * self.scale[name]
 
     def update(self, player: str, loss: torch.Tensor, *, retain_graph: bool = False) -> bool:
-        opt = self.opts[player]
+        with self.prec.paused():  # (called inside train_step, under its forward's autocast)
+            return self._update_player(player, loss, retain_graph)
+
+    def _update_player(self, player: str, loss: torch.Tensor, retain_graph: bool) -> bool:
+        opt, scaler = self.opts[player], self.prec.scaler(player)
         opt.zero_grad(set_to_none=True)
         # gradients of this player's parameters only: the others' .grad stay untouched
-        grads = torch.autograd.grad(loss, opt.params, retain_graph=retain_graph, allow_unused=True)
+        scaled = loss if scaler is None else scaler.scale_loss(loss)
+        grads = torch.autograd.grad(scaled, opt.params, retain_graph=retain_graph, allow_unused=True)
         for p, g in zip(opt.params, grads):
             p.grad = g
         loss = loss.detach()
         if self.sync is not None:
             loss = self.sync.reduce({"loss": loss}, opt.params)["loss"]
-        ok = self.guard.finite(loss, opt.params)
+        ok = self.guard.finite(loss, opt.params, scaler=scaler)
         self.guard.record(player, ok)
         if ok:
             opt.step()
@@ -208,7 +229,10 @@ class PlayersStep:
 
     def __call__(self, b: Batch, kl_weight: float) -> dict[str, torch.Tensor] | None:
         self._all_ok = True
-        out = self.model.train_step(b.x, update=self._update, kl_weight=kl_weight, **model_inputs(self.model, b))
+        # (no cache of the weights' 16-bit copies: a player's update changes weights that later
+        # forward passes of the same batch must see)
+        with self.prec.autocast(cache=False):
+            out = self.model.train_step(b.x, update=self._update, kl_weight=kl_weight, **model_inputs(self.model, b))
         if self.sync is not None:
             out = self.sync.terms(out)
         return _terms(out, self.extra) if self._all_ok else None

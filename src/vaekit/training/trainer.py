@@ -30,6 +30,7 @@ from .interrupt import StopRequest, stop_on_signals
 from .fastpath import FastStep, supports
 from .graphed import GraphedStep
 from .memory import keep_freed_memory
+from .precision import Precision, check_precision
 from .steps import QUEUED, AutogradStep, GraphStep, Guard, HandDerivedStep, PlayersStep, player_optimizers
 
 LR_SCHEDULES = ("none", "cosine", "exponential")
@@ -68,6 +69,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise UsageError(f"unknown --dist-backend {cfg.dist_backend!r}; valid: {', '.join(BACKENDS)}")
     if cfg.kl_warmup < 0 or cfg.grad_clip < 0 or cfg.patience < 0 or cfg.iw_samples < 0:
         raise UsageError("--kl-warmup, --grad-clip, --patience and --iw-samples must be >= 0")
+    check_precision(cfg.precision, resolve_device(cfg.device) if cfg.precision == "fp16" else torch.device("cpu"))
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -127,6 +129,9 @@ class Trainer:
         self.opts = player_optimizers(self.model, cfg.lr, cfg.weight_decay)
         self.opt = next(iter(self.opts.values()))
         self.players = len(self.opts) > 1
+        # --precision (precision.py): the forward under autocast for bf16/fp16, a loss scale per
+        # player for fp16; weights, gradients and optimizer state stay float32.
+        self.precision = Precision(cfg.precision, self.device, self.opts)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         # best_val: the best validation value of best_metric ("val_iwae" for models trained on a
         # k-sample bound, else "val_elbo"), the criterion for model.safetensors and patience.
@@ -148,9 +153,13 @@ class Trainer:
         # there the launches, not the arithmetic, limit small models.
         # (Only for models that read x alone: the recorded step takes one input tensor.)
         # (Nor under several processes: their gradients are reduced between backward and update.)
+        # (Nor under fp16: its loss scale is updated eagerly.)
         self.use_graphs = (self.device.type == "cuda" and cfg.cuda_graphs and self.opt.fused and not self.players
-                           and not getattr(self.model, "batch_fields", ()) and not self.world.active)
-        fast = cfg.fast_path and not self.players and supports(self.model) and not self.use_graphs
+                           and not getattr(self.model, "batch_fields", ()) and not self.world.active
+                           and not self.precision.scalers)
+        # The hand-derived step is float32 code: under bf16/fp16, autograd with autocast instead.
+        fast = (cfg.fast_path and not self.players and supports(self.model) and not self.use_graphs
+                and not self.precision.enabled)
         self.fast = FastStep(self.model, matmul_dtype=low) if fast else None
         self.guard = Guard(self.state, cfg.max_nonfinite, cfg.grad_clip, self.device)
         self.step: Any = None  # the step engine, chosen when training starts (see steps.py)
@@ -176,6 +185,8 @@ class Trainer:
             self._last_save = time.monotonic()
             return
         rng = self._rng_state()
+        if self.precision.scalers:  # fp16: the loss scales (a few numbers, JSON with the trainer state)
+            self.state["loss_scale"] = self.precision.state_dict()
         if self.state.get("epoch_pos"):  # inside an epoch: its order is redrawn from the epoch's start
             rng["epoch_data"] = self._epoch_gen
         save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opts, rng, self.state,
@@ -191,6 +202,8 @@ class Trainer:
         rng, self.state, had_average = resume_checkpoint(self.run_dir / "last.safetensors", self.model, self.opts, avg)
         self.guard.state = self.state
         self._epoch_gen = rng.get("epoch_data")
+        # fp16's loss scales; a run saved under another precision starts with fresh ones
+        self.precision.load_state_dict(self.state.pop("loss_scale", None) or {})
         if "best_val_elbo" in self.state:  # saved before the criterion was named: it was the ELBO
             self.state["best_val"] = self.state.pop("best_val_elbo")
             self.state["best_metric"] = "val_elbo"
@@ -250,7 +263,7 @@ class Trainer:
         can make no more random draws on the GPU, and an eager fallback would fail at its first."""
         try:
             # recorded on CUDA; elsewhere (tests on CPUs) the same step runs eagerly
-            return GraphedStep(self.model, self.opt, example, capture=self.device.type == "cuda")
+            return GraphedStep(self.model, self.opt, example, capture=self.device.type == "cuda", precision=self.precision)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise TrainingError(f"recording the training step as a CUDA graph failed ({type(e).__name__}: "
@@ -265,12 +278,12 @@ class Trainer:
 
     def _one_process_step(self) -> Any:
         if self.players:
-            return PlayersStep(self.model, self.opts, self.guard)
+            return PlayersStep(self.model, self.opts, self.guard, self.precision)
         if self.use_graphs:
-            return GraphStep(self.model, self.opt, self.guard, self.cfg.batch_size, self._make_graph)
+            return GraphStep(self.model, self.opt, self.guard, self.cfg.batch_size, self._make_graph, self.precision)
         if self.fast is not None:
             return HandDerivedStep(self.model, self.opt, self.guard, self.fast)
-        return AutogradStep(self.model, self.opt, self.guard)
+        return AutogradStep(self.model, self.opt, self.guard, self.precision)
 
     def _term_names(self) -> tuple[str, ...]:
         return ("loss", "elbo", "recon", "kl", *getattr(self.model, "extra_terms", ()))
