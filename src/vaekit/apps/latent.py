@@ -161,6 +161,22 @@ def edit(model: Any, x: torch.Tensor, vector: torch.Tensor, strengths: Sequence[
     return model.decode_mean(mu + s[:, None] * vector.to(mu)).cpu()
 
 
+def pca_2d(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """PCA of rows a (N, D) onto 2 axes: (coords (N, 2), centre (D,), axes (<=2, D), share of the
+    variance they hold). A thin SVD of the centred rows, each axis signed so its largest loading is
+    positive; fewer than 2 axes when N = 1 (the missing one is drawn at zero). ``centre + p @ axes``
+    maps a 2-D position back."""
+    centre = a.mean(0)
+    c = a - centre
+    _, sv, vt = np.linalg.svd(c, full_matrices=False)
+    axes = vt[:2]
+    axes = axes * np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]
+    share = float((sv[:2] ** 2).sum() / max((sv ** 2).sum(), 1e-300))
+    coords = np.zeros((len(a), 2))
+    coords[:, :len(axes)] = c @ axes.T
+    return coords, centre, axes, share
+
+
 def map_2d(z: np.ndarray | torch.Tensor, *, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, str]:
     """Latents (N, D) -> 2-D coordinates (N, 2) for plotting, and axis description.
 
@@ -176,13 +192,7 @@ def map_2d(z: np.ndarray | torch.Tensor, *, method: str = "pca", seed: int = 0) 
     if d == 2:
         return a, "z1 / z2"
     if method == "pca" or n < 5:
-        c = a - a.mean(0)
-        _, sv, vt = np.linalg.svd(c, full_matrices=False)
-        axes = vt[:2]  # fewer than 2 when N = 1: the missing axis is drawn at zero
-        axes = axes * np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]
-        share = float((sv[:2] ** 2).sum() / max((sv**2).sum(), 1e-300))
-        coords = np.zeros((n, 2))
-        coords[:, :len(axes)] = c @ axes.T
+        coords, _, _, share = pca_2d(a)
         return coords, f"PCA of {d}-D posterior means ({100 * share:.0f}% of variance)"
     if method == "tsne":
         from sklearn.manifold import TSNE

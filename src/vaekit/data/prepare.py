@@ -144,14 +144,7 @@ def _csv_chunks(path: Path, label_column: str | None, rows_per_chunk: int = 6553
     """A CSV table a chunk of rows at a time, with ``readers.read_csv``'s rules (delimiter, header,
     label column, blank lines, errors). Yields (names, label name); then (features float64 (n, D),
     label cells (n,) or None) per chunk."""
-    from .readers import LABEL_NAMES
-
-    def number(c: str) -> bool:
-        try:
-            float(c)
-            return True
-        except ValueError:
-            return False
+    from .readers import LABEL_NAMES, is_number
 
     try:
         f = open(path, encoding="utf-8-sig", newline="")
@@ -166,7 +159,7 @@ def _csv_chunks(path: Path, label_column: str | None, rows_per_chunk: int = 6553
             head = next(rows, None)
             if head is None:
                 raise DataError(f"{path} holds no rows")
-            header = not any(number(c) for c in head[0])
+            header = not any(is_number(c) for c in head[0])
             names = [c.strip() for c in head[0]] if header else [str(j + 1) for j in range(len(head[0]))]
             if not header:
                 rows = itertools.chain([head], rows)
@@ -196,7 +189,7 @@ def _csv_chunks(path: Path, label_column: str | None, rows_per_chunk: int = 6553
                 except ValueError:
                     for i, (r, line) in enumerate(block):
                         for j in feat:
-                            if not number(r[j]):
+                            if not is_number(r[j]):
                                 what = "empty cell" if not r[j].strip() else f"{r[j]!r} is not a number"
                                 raise DataError(f"{path}: row {done + i + 1} (line {line}), column {j + 1} "
                                                 f"({names[j]}): {what}") from None

@@ -29,6 +29,15 @@ IDX_IMAGES = 2051  # 0x00000803: uint8, 3-D (N, rows, cols)
 _NDIM = {IDX_LABELS: 1, IDX_IMAGES: 3}
 
 
+
+def is_number(cell: str) -> bool:
+    """Whether a CSV cell reads as a number."""
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes, gunzipped when they start with the gzip magic (whatever the file name says)."""
     try:
@@ -281,14 +290,7 @@ def read_csv(path: Path, label_column: str | None, need_label: bool = True,
     if not rows:
         raise DataError(f"{path} holds no rows")
 
-    def number(c: str) -> bool:
-        try:
-            float(c)
-            return True
-        except ValueError:
-            return False
-
-    header = not any(number(c) for c in rows[0])  # a header row has no numbers in it
+    header = not any(is_number(c) for c in rows[0])  # a header row has no numbers in it
     names = [c.strip() for c in rows[0]] if header else [str(j + 1) for j in range(len(rows[0]))]
     rows, lines = (rows[1:], lines[1:]) if header else (rows, lines)
     if not rows:
@@ -317,7 +319,7 @@ def read_csv(path: Path, label_column: str | None, need_label: bool = True,
     except ValueError:  # find the first bad cell, for the message (only on this error path)
         for i, row in enumerate(fcells):
             for j, c in zip(feat, row):
-                if not number(c):
+                if not is_number(c):
                     what = "empty cell" if not c.strip() else f"{str(c)!r} is not a number"
                     raise DataError(f"{path}: row {i + 1} (line {lines[i]}), column {j + 1} ({names[j]}): "
                                     f"{what}") from None

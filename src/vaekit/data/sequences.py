@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UsageError
-from .readers import MISSING_CELLS
+from .readers import MISSING_CELLS, is_number
 
 SERIES_SUFFIXES = (".csv", ".tsv", ".npy")
 #: CSV column names read as the time index (any case).
@@ -49,14 +49,6 @@ class Series:
         return int(self.values.shape[0])
 
 
-def _number(cell: str) -> bool:
-    try:
-        float(cell)
-        return True
-    except ValueError:
-        return False
-
-
 def _labels(raw: np.ndarray, where: str) -> np.ndarray:
     """0/1 per row from label cells ("0"/"1", "true"/"false", numbers: nonzero is an anomaly)."""
     out = np.zeros(len(raw), np.int64)
@@ -66,7 +58,7 @@ def _labels(raw: np.ndarray, where: str) -> np.ndarray:
             out[i] = 1
         elif c in ("0", "false", "no", "normal", ""):
             out[i] = 0
-        elif _number(c):
+        elif is_number(c):
             out[i] = int(float(c) != 0)
         else:
             raise DataError(f"{where}: label {cell!r} in row {i + 1} is not 0/1; labels mark anomalies with 1")
@@ -85,7 +77,7 @@ def read_series_csv(path: Path, label_column: str | None = None) -> Series:
     rows = [r for r in csv.reader(io.StringIO(text), delimiter=delim) if r and any(c.strip() for c in r)]
     if not rows:
         raise DataError(f"{path} holds no rows; a series needs one row per time step")
-    header = not all(_number(c) or c.strip().lower() in MISSING_CELLS for c in rows[0])
+    header = not all(is_number(c) or c.strip().lower() in MISSING_CELLS for c in rows[0])
     names = [c.strip() for c in rows[0]] if header else [str(j + 1) for j in range(len(rows[0]))]
     if header:
         rows = rows[1:]
@@ -107,7 +99,7 @@ def read_series_csv(path: Path, label_column: str | None = None) -> Series:
     time_col = next((j for j, n in enumerate(lower) if header and n in TIME_NAMES and j != lab), None)
     if time_col is None:  # a first column of dates or other text, unnamed: the time index
         col0 = np.char.strip(cells[:, 0])
-        if lab != 0 and width > 1 and not any(_number(c) for c in col0[:100]) and not np.isin(
+        if lab != 0 and width > 1 and not any(is_number(c) for c in col0[:100]) and not np.isin(
                 np.char.lower(col0[:100]), MISSING_CELLS).all():
             time_col = 0
     feat = [j for j in range(width) if j not in (lab, time_col)]
@@ -119,7 +111,7 @@ def read_series_csv(path: Path, label_column: str | None = None) -> Series:
         values = fcells.astype(np.float64)
     except ValueError:
         for j_local, j in enumerate(feat):
-            bad = [i for i, c in enumerate(fcells[:, j_local]) if not _number(c)]
+            bad = [i for i, c in enumerate(fcells[:, j_local]) if not is_number(c)]
             if bad:
                 raise DataError(f"{path}: column {names[j]!r} is not numeric (row {bad[0] + 1}: "
                                 f"{fcells[bad[0], j_local]!r}); drop that column or fix the cell") from None

@@ -7,14 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .. import __version__
 from ..apps.service import RunService
-from .common import json_response, MAX_BODY, endpoint, read_json
+from .common import MAX_BODY, endpoint, json_post
 
 
 def _number() -> dict[str, Any]:
@@ -116,13 +115,6 @@ def create_app(service: RunService, *, max_body: int = MAX_BODY) -> Starlette:
     """The ASGI app of ``vaekit serve`` for ``service``; request bodies over ``max_body`` bytes get a 413."""
     schema = openapi_schema(service)
 
-    def post(method: Any) -> Any:
-        @endpoint
-        async def handler(request: Request) -> JSONResponse:
-            body = await read_json(request, max_body)
-            return json_response(await run_in_threadpool(method, body))
-
-        return handler
 
     @endpoint
     async def info(request: Request) -> JSONResponse:
@@ -138,6 +130,6 @@ def create_app(service: RunService, *, max_body: int = MAX_BODY) -> Starlette:
                              "endpoints": [p for p in schema["paths"]]})
 
     routes = [Route("/", index), Route("/openapi.json", openapi), Route("/info", info)]
-    routes += [Route(f"/{name}", post(getattr(service, name)), methods=["POST"])
+    routes += [Route(f"/{name}", json_post(getattr(service, name), max_body), methods=["POST"])
                for name in ("encode", "decode", "sample", "reconstruct", "score")]
     return Starlette(routes=routes)

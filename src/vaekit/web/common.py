@@ -96,6 +96,19 @@ def endpoint(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]
     return wrapped
 
 
+def json_post(method: Callable[[dict[str, Any]], dict[str, Any]], max_body: int = MAX_BODY):
+    """A POST route calling ``method(body)`` on the request's JSON object in a worker thread (the
+    server keeps answering meanwhile), its result sent as JSON."""
+    from starlette.concurrency import run_in_threadpool
+
+    @endpoint
+    async def handler(request: Any) -> Any:
+        body = await read_json(request, max_body)
+        return json_response(await run_in_threadpool(method, body))
+
+    return handler
+
+
 def check_address(host: str, port: int) -> None:
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {port}")

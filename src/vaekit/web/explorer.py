@@ -31,11 +31,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..apps.common import run_inputs, to_original_units
-from ..apps.latent import embed, slerp
+from ..apps.latent import embed, pca_2d, slerp
 from ..apps.service import RequestError, RunService, check_steps, nats
 from ..data.batch import Batch
 from ..errors import VaekitError
-from .common import json_response, endpoint, read_body, read_json
+from .common import endpoint, json_post, read_body
 
 STATIC = Path(__file__).with_name("static")
 UPLOAD_LIMIT = 8 * 1024 * 1024
@@ -93,13 +93,7 @@ class Explorer:
             self.coords = np.column_stack([c[:, 0], np.zeros(len(a))])
             self.axes_label = "z (1 latent dimension)"
         elif self.method == "pca" or len(a) < 5:
-            _, sv, vt = np.linalg.svd(c, full_matrices=False)
-            axes = vt[:2]
-            axes = axes * np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]
-            self.axes = axes
-            self.coords = np.zeros((len(a), 2))
-            self.coords[:, :len(axes)] = c @ axes.T
-            share = float((sv[:2] ** 2).sum() / max((sv ** 2).sum(), 1e-300))
+            self.coords, _, self.axes, share = pca_2d(a)
             self.axes_label = f"PCA of the {d}-D posterior means ({100 * share:.0f}% of their variance)"
             self.method = "pca"
         else:
@@ -333,13 +327,6 @@ def create_app(explorer: Explorer) -> Starlette:
             state["body"] = await run_in_threadpool(explorer.state)
         return JSONResponse(state["body"])
 
-    def post(method: Any) -> Any:
-        @endpoint
-        async def handler(request: Request) -> JSONResponse:
-            body = await read_json(request)
-            return json_response(await run_in_threadpool(method, body))
-
-        return handler
 
     @endpoint
     async def upload(request: Request) -> JSONResponse:
@@ -348,8 +335,8 @@ def create_app(explorer: Explorer) -> Starlette:
         return JSONResponse(await run_in_threadpool(explorer.upload, name, data))
 
     routes = [Route("/", index), Route("/api/state", get_state),
-              Route("/api/decode", post(explorer.decode), methods=["POST"]),
-              Route("/api/interpolate", post(explorer.interpolate), methods=["POST"]),
+              Route("/api/decode", json_post(explorer.decode), methods=["POST"]),
+              Route("/api/interpolate", json_post(explorer.interpolate), methods=["POST"]),
               Route("/api/upload", upload, methods=["POST"]),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     return Starlette(routes=routes)
