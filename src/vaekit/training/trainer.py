@@ -240,15 +240,13 @@ class Trainer:
         if not self.data.dynamic_binarize:
             return batch
         xs = batch.x
-        if self.data.dynamic_binarize:
-            if self.device.type == "cpu":
-                u = torch.rand(xs.shape, generator=self.gen)
-            else:  # drawn on the device (47M numbers an MNIST epoch), seeded from the data generator
-                seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
-                g = torch.Generator(device=self.device).manual_seed(seed)
-                u = torch.rand(xs.shape, generator=g, device=self.device)
-            xs = (u < xs).to(xs.dtype)
-        return batch.replace(x=xs)
+        if self.device.type == "cpu":
+            u = torch.rand(xs.shape, generator=self.gen)
+        else:  # drawn on the device (47M numbers an MNIST epoch), seeded from the data generator
+            seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
+            g = torch.Generator(device=self.device).manual_seed(seed)
+            u = torch.rand(xs.shape, generator=g, device=self.device)
+        return batch.replace(x=(u < xs).to(xs.dtype))
 
     @property
     def graphed(self) -> GraphedStep | None:
