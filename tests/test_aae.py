@@ -104,6 +104,8 @@ def aae(data, **kw):
 
 def trainer(model, data, run_dir=None, **kw):
     kw = {"epochs": 2, "batch_size": 32, "seed": 0, "device": "cpu", **kw}
+    if "train_step" in vars(model):  # patched by only_players: the autograd engine, which calls it
+        kw["fast_path"] = False
     return Trainer(model, data, TrainConfig(**kw), run_dir, progress=False)
 
 

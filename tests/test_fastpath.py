@@ -83,3 +83,82 @@ def test_models_with_their_own_loss_use_autograd(cfg):
     """The fast step computes the one-layer VAE's ELBO; the IWAE bound and the two-layer models
     override ``loss`` and must not be trained with it."""
     assert not supports(build_model(ModelConfig(hidden=[16], latent_dim=4, **cfg), DataSpec((1, 8, 8), "8bit")))
+
+
+# -- the adversarial autoencoder's players, by hand -----------------------------------------------
+def _aae_updates(m, x, fast: bool, seed: int):
+    """One train_step of ``m`` with a plain SGD update per player; returns [(player, loss, {name: grad})]."""
+    names = {id(p): n for n, p in m.named_parameters()}
+    params = {name: spec["params"] for name, spec in m.players().items()}
+    seen = []
+
+    def sgd(player, loss, grads):
+        seen.append((player, float(loss.detach()), {names[id(p)]: g.clone() for p, g in zip(params[player], grads)}))
+        with torch.no_grad():
+            for p, g in zip(params[player], grads):
+                p -= 0.05 * g
+        return True
+
+    torch.manual_seed(seed)
+    if fast:
+        from vaekit.training.fastpath import FastAAEStep
+
+        out = FastAAEStep(m).step(x, apply=lambda player, loss, check: sgd(player, loss, [p.grad for p in params[player]]))
+    else:
+        def update(player, loss, retain_graph=False):
+            return sgd(player, loss, torch.autograd.grad(loss, params[player], retain_graph=retain_graph, allow_unused=True))
+
+        out = m.train_step(x, update=update)
+    return seen, out
+
+
+@pytest.mark.parametrize("phases", ["paper", "joint"])
+@pytest.mark.parametrize("encoder,prior,lik", [("deterministic", "standard-normal", "bernoulli"),
+                                               ("gaussian", "gmm-ring", "bernoulli"),
+                                               ("gaussian", "standard-normal", "gaussian-fixed")])
+def test_fast_aae_step_makes_the_updates_of_autograd(phases, encoder, prior, lik):
+    from vaekit.training.fastpath import supports_aae
+
+    kind = "continuous" if lik == "gaussian-fixed" else "8bit"
+    spec = DataSpec((1, 5, 6) if kind == "8bit" else (13,), kind)
+    cfg = ModelConfig(model="aae", hidden=[24, 12], latent_dim=4, encoder=encoder, prior=prior, phases=phases,
+                      critic_hidden=[16, 8], likelihood=lik if lik != "bernoulli" else None).resolved(spec)
+    torch.manual_seed(0)
+    ref = build_model(cfg, spec).double()
+    got = build_model(cfg, spec).double()
+    got.load_state_dict(ref.state_dict())
+    assert supports_aae(got)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(10, *spec.shape, generator=g, dtype=torch.float64)
+    if kind == "continuous":
+        x = torch.randn(10, *spec.shape, generator=g, dtype=torch.float64)
+    want, out_ref = _aae_updates(ref, x, fast=False, seed=7)
+    have, out = _aae_updates(got, x, fast=True, seed=7)
+    assert [p for p, _, _ in have] == [p for p, _, _ in want] == (
+        ["autoencoder", "discriminator"] if phases == "joint" else ["autoencoder", "discriminator", "generator"])
+    for (player, loss_h, gh), (_, loss_w, gw) in zip(have, want):
+        assert loss_h == pytest.approx(loss_w, rel=1e-10), player
+        assert gh.keys() == gw.keys()
+        for n in gw:
+            assert gw[n] is not None and float(gw[n].abs().sum()) > 0, (player, n)
+            torch.testing.assert_close(gh[n], gw[n], rtol=1e-8, atol=1e-11, msg=f"{player} {n}")
+    for k in out_ref:
+        torch.testing.assert_close(out[k], out_ref[k].detach(), rtol=1e-9, atol=1e-10, msg=k)
+    for (n, p), q in zip(got.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=n)
+
+
+def test_the_aae_trains_on_the_hand_derived_players_step_and_falls_back_elsewhere():
+    from test_trainer import make_trainer
+
+    from vaekit.training.steps import HandDerivedPlayersStep, PlayersStep
+
+    t = make_trainer(epochs=2, model_kw={"model": "aae", "critic_hidden": [16], "phases": "joint"})
+    t.fit()
+    assert type(t.step) is HandDerivedPlayersStep and t.history[-1]["skipped_steps"] == 0
+    assert t.history[-1]["train_recon"] < t.history[0]["train_recon"] or len(t.history) == 1
+    slow = make_trainer(epochs=1, fast_path=False, model_kw={"model": "aae", "critic_hidden": [16]})
+    slow.fit()
+    assert type(slow.step) is PlayersStep
+    conv = make_trainer(epochs=1, model_kw={"model": "aae", "arch": "conv", "critic_hidden": [16]})
+    assert conv.fast is None

@@ -65,7 +65,7 @@ class TrainConfig:
 
     lr_schedule: "none", "cosine" (to lr * lr_min_factor at the last epoch) or "exponential"
     (lr * lr_decay ** epoch). data_init: start the decoder's output bias at the training data's
-    marginal (mean image). fast_path: use the hand-derived training step for MLP VAEs (same
+    marginal (mean image). fast_path: use the hand-derived training step for MLP VAEs and AAEs (same
     gradients as autograd, fewer operations). matmul_precision: "highest" is exact fp32; "medium" lets
     float32 matrix multiplies run in bfloat16 on CPUs with AMX (and TF32/bf16 on GPUs).
     precision: "fp32", or mixed precision for the training step: "bf16" (GPUs, and CPUs with

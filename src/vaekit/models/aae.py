@@ -23,6 +23,10 @@ discriminator's update on the same (detached) codes -- the schedule of pythae 0.
 ``Adversarial_AE`` and of most AAE code, with two backward passes instead of three and one encoder
 forward pass instead of two.
 
+With MLP networks (encoder, decoder and discriminator) and float32, both schedules train on a
+hand-derived forward and backward (``training.fastpath.FastAAEStep``) that makes the same updates
+as ``train_step`` with autograd (tested); ``TrainConfig(fast_path=False)`` or any other network uses autograd.
+
 Codes: ``--encoder deterministic`` (z = mu, the encoder's log-variance head is unused) or
 ``gaussian`` (z = mu + sigma * eps, the paper's second choice). A Gaussian encoder still has a
 q(z|x), so the run reports the ELBO under the prior (the KL is analytic for N(0, I), Monte Carlo

@@ -19,11 +19,13 @@ Notation: B batch, N values per example, D latent dims; layers act as y = h @ W.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models.aae import AAE
 from ..models.cvae import CVAE
 from ..models.vae import VAE
 from ..modules.blocks import MLPDecoder, MLPEncoder
@@ -79,16 +81,15 @@ def _act_backward(act: type | None, g: torch.Tensor, h: torch.Tensor) -> torch.T
     return g
 
 
-class FastStep:
-    """``step(x, kl_weight)`` sets ``p.grad`` for every parameter and returns the loss dict,
-    plus "grad_check", a sum over all gradients that is non-finite when any gradient is."""
+class _HandDerived:
+    """What the hand-derived steps share: an MLP encoder and decoder taken apart into their linear
+    layers, persistent scratch buffers, the forward and backward of a stack of layers, and the
+    reconstruction term's gradient."""
 
     def __init__(self, model: nn.Module, matmul_dtype: torch.dtype | None = None) -> None:
         """``matmul_dtype=torch.bfloat16`` runs every matmul on bfloat16 copies of the weights
         and activations (fp32 accumulation inside oneDNN/AMX), keeping fp32 master weights,
         fp32 gradients for the optimizer and the loss in fp32."""
-        if not supports(model):
-            raise ValueError("FastStep does not support this model")
         self.model = model
         self.mm_dtype = matmul_dtype
         self.enc, self.enc_act = _linears_and_act(model.encoder.net)
@@ -96,6 +97,7 @@ class FastStep:
         lik = model.likelihood
         self.sigma = lik.sigma if isinstance(lik, FixedGaussianLikelihood) else None
         self._bufs: dict[tuple, torch.Tensor] = {}
+        self._checks: list[torch.Tensor] = []
 
     def _buf(self, key: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A persistent scratch tensor: re-allocating megabyte-sized tensors every step costs
@@ -151,11 +153,32 @@ class FastStep:
                 g = _act_backward(act, g, hs[i])
         return g
 
+    def _recon(self, xf: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(x|z) per example (B,), d(-mean log p)/d params (B, N)) for the decoder's output."""
+        if self.sigma is None:  # Bernoulli with logits: log p = x*l - softplus(l)
+            log_px = torch.sum(xf * params - F.softplus(params), dim=1)
+            g_params = torch.sigmoid(params).sub_(xf)  # d(-log p)/dl
+        else:
+            r = (xf - params) / self.sigma
+            log_px = -0.5 * (r * r).sum(1) - xf.shape[1] * (math.log(self.sigma) + 0.5 * math.log(2 * math.pi))
+            g_params = r.mul_(-1.0 / self.sigma)
+        return log_px, g_params.mul_(1.0 / xf.shape[0])
+
+
+class FastStep(_HandDerived):
+    """``step(x, kl_weight)`` sets ``p.grad`` for every parameter and returns the loss dict,
+    plus "grad_check", a sum over all gradients that is non-finite when any gradient is."""
+
+    def __init__(self, model: nn.Module, matmul_dtype: torch.dtype | None = None) -> None:
+        if not supports(model):
+            raise ValueError("FastStep does not support this model")
+        super().__init__(model, matmul_dtype)
+
     def step(self, x: torch.Tensor, kl_weight: float = 1.0, **cond: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """One step on x (B, *shape); a conditional model's condition comes as its batch field (y= or c=)."""
         cfg = self.model.config
         b = x.shape[0]
-        self._checks: list[torch.Tensor] = []
+        self._checks = []
         xf = x.reshape(b, -1)
         with torch.no_grad():
             h = self.model.condition(**cond) if cond else None  # (B, E): joins x and z
@@ -167,14 +190,7 @@ class FastStep:
             z = torch.addcmul(mu, std, eps)
             # decoder -> likelihood
             params, dec_hs = self._forward("d", self.dec, self.dec_act, z if h is None else torch.cat([z, h], 1))
-            if self.sigma is None:  # Bernoulli with logits: log p = x*l - softplus(l)
-                log_px = torch.sum(xf * params - F.softplus(params), dim=1)
-                g_params = torch.sigmoid(params).sub_(xf)  # d(-log p)/dl
-            else:
-                r = (xf - params) / self.sigma
-                log_px = -0.5 * (r * r).sum(1) - xf.shape[1] * (math.log(self.sigma) + 0.5 * math.log(2 * math.pi))
-                g_params = r.mul_(-1.0 / self.sigma)
-            g_params.mul_(1.0 / b)
+            log_px, g_params = self._recon(xf, params)
             var = std * std
             kl_dims = 0.5 * (mu * mu + var - 1.0 - logvar).mean(0)  # (D,)
             recon = -log_px.mean()
@@ -196,3 +212,119 @@ class FastStep:
             grad_check = torch.stack(self._checks).sum()
         # "grad_check" is finite exactly when every gradient is (up to overflow of the sum).
         return {"loss": loss, "elbo": -(recon + kl), "recon": recon, "kl": kl, "grad_check": grad_check}
+
+
+# -- the adversarial autoencoder ------------------------------------------------------------------
+def supports_aae(model: nn.Module) -> bool:
+    """True when ``FastAAEStep`` computes exactly this model's ``train_step``: an AAE (not a
+    subclass) with an MLP encoder and decoder as ``supports`` asks of a VAE, and an MLP
+    discriminator (linear layers with ReLU or tanh between them). The prior may be any: the step
+    only draws from it."""
+    if type(model) is not AAE or getattr(model, "perceptual", None) is not None:
+        return False
+    if type(model.encoder) is not MLPEncoder or type(model.decoder) is not MLPDecoder:
+        return False
+    if type(model.likelihood) not in (BernoulliLikelihood, FixedGaussianLikelihood):
+        return False
+    return all(_linears_and_act(seq) is not None for seq in (model.encoder.net, model.decoder.net, model.discriminator))
+
+
+class FastAAEStep(_HandDerived):
+    """``AAE.train_step`` without autograd, in either of its schedules.
+
+    ``step(x, apply)`` runs the batch's updates in the model's order; before each it has written
+    that player's gradients into ``p.grad`` and calls ``apply(player, loss, grad_check)``, which
+    checks and steps that player's optimizer and says whether it did (``steps.HandDerivedPlayersStep``).
+    The random draws (the reparameterisation noise, then the prior's samples) come in the same
+    order as in ``train_step``, so both engines train alike from the same seed (tested).
+
+    The discriminator D(z) = logit; with BCE on logits: the generator's loss mean softplus(-D(z))
+    has d/dD = (sigmoid(D) - 1) / B, and the discriminator's mean softplus(-D(p)) + mean softplus(D(z))
+    has d/dD(p) = (sigmoid(D(p)) - 1) / B and d/dD(z) = sigmoid(D(z)) / B.
+    """
+
+    def __init__(self, model: nn.Module, matmul_dtype: torch.dtype | None = None) -> None:
+        if not supports_aae(model):
+            raise ValueError("FastAAEStep does not support this model")
+        super().__init__(model, matmul_dtype)
+        self.disc, self.disc_act = _linears_and_act(model.discriminator)
+
+    def _encode(self, xf: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(mu, logvar, eps or None, z, the encoder's layer inputs)."""
+        out, hs = self._forward("e", self.enc, self.enc_act, xf)
+        mu, logvar = out.chunk(2, dim=1)
+        if self.model.deterministic:
+            return mu, logvar, None, mu, hs
+        eps = torch.randn_like(mu)
+        return mu, logvar, eps, torch.addcmul(mu, torch.exp(0.5 * logvar), eps), hs
+
+    def _encoder_backward(self, g_z: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None,
+                          hs: list[torch.Tensor]) -> None:
+        if eps is None:  # z = mu: the log-variance head gets no gradient
+            g_out = torch.cat([g_z, torch.zeros_like(g_z)], dim=1)
+        else:  # z = mu + exp(logvar / 2) * eps
+            g_out = torch.cat([g_z, g_z * eps * torch.exp(0.5 * logvar) * 0.5], dim=1)
+        self._backward("e", self.enc, self.enc_act, hs, g_out, need_input_grad=False)
+
+    def _generator_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the generator's loss, its gradient on z, D(z)). Writes scratch values into the
+        discriminator's .grad, which its own update overwrites before reading."""
+        f, hs = self._forward("c", self.disc, self.disc_act, z)
+        g_loss = F.softplus(-f).mean()
+        g_z = self._backward("c", self.disc, self.disc_act, hs, torch.sigmoid(f).sub_(1.0).mul_(1.0 / len(z)),
+                             need_input_grad=True)
+        return g_loss, g_z, f
+
+    def _discriminator_grad(self, prior_z: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the discriminator's loss, its accuracy) on prior draws (real) and codes (fake), one
+        pass over both; sets the discriminator's gradients."""
+        b = len(z)
+        logits, hs = self._forward("r", self.disc, self.disc_act, torch.cat([prior_z, z]))
+        real, fake = logits[:b], logits[b:]
+        d_loss = F.softplus(-real).mean() + F.softplus(fake).mean()
+        acc = ((real > 0).to(real.dtype).mean() + (fake < 0).to(fake.dtype).mean()) / 2
+        g = torch.sigmoid(logits)
+        g[:b] -= 1.0
+        self._backward("r", self.disc, self.disc_act, hs, g.mul_(1.0 / b), need_input_grad=False)
+        return d_loss, acc
+
+    def _check(self) -> torch.Tensor:
+        out, self._checks = torch.stack(self._checks).sum(), []
+        return out
+
+    def step(self, x: torch.Tensor, apply: Callable[[str, torch.Tensor, torch.Tensor], bool],
+             kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """One batch; ``kl_weight`` is ignored (an AAE has no KL term)."""
+        m = self.model
+        xf = x.reshape(x.shape[0], -1)
+        self._checks = []
+        with torch.no_grad():
+            mu, logvar, eps, z, enc_hs = self._encode(xf)
+            params, dec_hs = self._forward("d", self.dec, self.dec_act, z)
+            log_px, g_params = self._recon(xf, params)
+            recon = -log_px.mean()
+            out = {"loss": recon, "recon": recon}
+            if not m.deterministic:
+                kl = m.prior.kl(mu, logvar, z).sum(-1).mean()
+                out.update(kl=kl, elbo=-(recon + kl))
+            g_z = self._backward("d", self.dec, self.dec_act, dec_hs, g_params, need_input_grad=True)
+            if m.config.phases == "joint":  # reconstruction + generator loss, then the discriminator
+                g_loss, g_adv, _ = self._generator_grad(z)
+                self._checks = self._checks[:2 * len(self.dec)]  # the discriminator's scratch grads are not checked here
+                self._encoder_backward(g_z.add_(g_adv), logvar, eps, enc_hs)
+                apply("autoencoder", recon + g_loss, self._check())
+                prior_z = m.prior.sample(len(x), device=x.device, dtype=z.dtype)
+                d_loss, acc = self._discriminator_grad(prior_z, z)
+                apply("discriminator", d_loss, self._check())
+            else:  # the paper's order: reconstruction; discriminator; generator on the same new codes
+                self._encoder_backward(g_z, logvar, eps, enc_hs)
+                apply("autoencoder", recon, self._check())
+                _, logvar, eps, codes, enc_hs = self._encode(xf)
+                prior_z = m.prior.sample(len(x), device=x.device, dtype=codes.dtype)
+                d_loss, acc = self._discriminator_grad(prior_z, codes)
+                apply("discriminator", d_loss, self._check())
+                g_loss, g_codes, _ = self._generator_grad(codes)
+                self._checks = []
+                self._encoder_backward(g_codes, logvar, eps, enc_hs)
+                apply("generator", g_loss, self._check())
+        return {**out, "disc_loss": d_loss, "gen_loss": g_loss, "critic_acc": acc}

@@ -3,7 +3,8 @@
 The trainer's loop asks a *step* to train on one batch and does not care how: by autograd
 (``AutogradStep``), by the hand-derived CPU kernels (``HandDerivedStep``), recorded as a CUDA
 graph (``GraphStep``), or by a model with several players, each with its own optimizer and its
-own place in the update order (``PlayersStep``). ``choose_step`` picks one when training starts.
+own place in the update order (``PlayersStep``; by hand for the MLP adversarial autoencoder,
+``HandDerivedPlayersStep``). ``choose_step`` picks one when training starts.
 
 A step returns the batch's terms (a dict of 0-dim tensors: loss, elbo, recon, kl and the model's
 ``extra_terms``), ``None`` when the batch was skipped as non-finite, or ``QUEUED`` when the work
@@ -239,6 +240,37 @@ class PlayersStep:
 
     def end_epoch(self) -> dict[str, Any] | None:
         return None
+
+
+class HandDerivedPlayersStep(PlayersStep):
+    """The same updates with a hand-derived forward and backward (``fastpath.FastAAEStep``): the
+    fast step writes each player's gradients and calls ``apply`` to check and step it, in the
+    model's order; no autograd graph is built."""
+
+    def __init__(self, model: torch.nn.Module, opts: dict[str, Adam], guard: Guard, fast: Any) -> None:
+        super().__init__(model, opts, guard)  # float32 only: not chosen under --precision bf16/fp16
+        self.fast = fast
+
+    def _apply(self, player: str, loss: torch.Tensor, grad_check: torch.Tensor) -> bool:
+        opt = self.opts[player]
+        loss = loss.detach()
+        if self.sync is not None:  # averaged over the processes: the check is made on the averages
+            loss = self.sync.reduce({"loss": loss}, opt.params)["loss"]
+            ok = self.guard.finite(loss, opt.params)
+        else:
+            ok = self.guard.finite(loss, opt.params, grad_check)
+        self.guard.record(player, ok)
+        if ok:
+            opt.step()
+        self._all_ok &= ok
+        return ok
+
+    def __call__(self, b: Batch, kl_weight: float) -> dict[str, torch.Tensor] | None:
+        self._all_ok = True
+        out = self.fast.step(b.x, apply=self._apply, kl_weight=kl_weight)
+        if self.sync is not None:
+            out = self.sync.terms(out)
+        return _terms(out, self.extra) if self._all_ok else None
 
 
 def player_optimizers(model: torch.nn.Module, lr: float, weight_decay: float) -> dict[str, Adam]:

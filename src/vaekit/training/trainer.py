@@ -27,11 +27,12 @@ from .average import WeightAverage
 from .checkpoint import resume_checkpoint, save_checkpoint
 from .distributed import BACKENDS, ShardedStep, World, current as current_world
 from .interrupt import StopRequest, stop_on_signals
-from .fastpath import FastStep, supports
+from .fastpath import FastAAEStep, FastStep, supports, supports_aae
 from .graphed import GraphedStep
 from .memory import keep_freed_memory
 from .precision import Precision, check_precision
-from .steps import QUEUED, AutogradStep, GraphStep, Guard, HandDerivedStep, PlayersStep, player_optimizers
+from .steps import (QUEUED, AutogradStep, GraphStep, Guard, HandDerivedPlayersStep, HandDerivedStep, PlayersStep,
+                    player_optimizers)
 
 LR_SCHEDULES = ("none", "cosine", "exponential")
 PRECISIONS = ("highest", "high", "medium")
@@ -158,9 +159,12 @@ class Trainer:
                            and not getattr(self.model, "batch_fields", ()) and not self.world.active
                            and not self.precision.scalers)
         # The hand-derived step is float32 code: under bf16/fp16, autograd with autocast instead.
-        fast = (cfg.fast_path and not self.players and supports(self.model) and not self.use_graphs
-                and not self.precision.enabled)
-        self.fast = FastStep(self.model, matmul_dtype=low) if fast else None
+        fast = cfg.fast_path and not self.use_graphs and not self.precision.enabled
+        self.fast: Any = None
+        if fast and not self.players and supports(self.model):
+            self.fast = FastStep(self.model, matmul_dtype=low)
+        elif fast and self.players and supports_aae(self.model):  # the AAE's players, by hand too
+            self.fast = FastAAEStep(self.model, matmul_dtype=low)
         self.guard = Guard(self.state, cfg.max_nonfinite, cfg.grad_clip, self.device)
         self.step: Any = None  # the step engine, chosen when training starts (see steps.py)
         # Exact resume inside an epoch: the data generator's state when the epoch's order was drawn.
@@ -276,6 +280,8 @@ class Trainer:
 
     def _one_process_step(self) -> Any:
         if self.players:
+            if self.fast is not None:
+                return HandDerivedPlayersStep(self.model, self.opts, self.guard, self.fast)
             return PlayersStep(self.model, self.opts, self.guard, self.precision)
         if self.use_graphs:
             return GraphStep(self.model, self.opt, self.guard, self.cfg.batch_size, self._make_graph, self.precision)
