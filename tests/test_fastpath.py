@@ -15,6 +15,7 @@ from vaekit.training.fastpath import FastStep, supports
         (dict(hidden=[32, 16], latent_dim=5, activation="tanh", beta=3.0), "binary"),
         (dict(hidden=[24], latent_dim=6, free_bits=0.4), "8bit"),
         (dict(hidden=[16, 16, 8], latent_dim=3, likelihood="gaussian-fixed"), "continuous"),
+        (dict(hidden=[16, 8], latent_dim=3, activation="leaky_relu"), "8bit"),
     ],
 )
 @pytest.mark.parametrize("kl_weight", [1.0, 0.3])
@@ -86,7 +87,7 @@ def test_models_with_their_own_loss_use_autograd(cfg):
 
 
 # -- the adversarial autoencoder's players, by hand -----------------------------------------------
-def _aae_updates(m, x, fast: bool, seed: int):
+def _player_updates(m, x, fast: bool, seed: int):
     """One train_step of ``m`` with a plain SGD update per player; returns [(player, loss, {name: grad})]."""
     names = {id(p): n for n, p in m.named_parameters()}
     params = {name: spec["params"] for name, spec in m.players().items()}
@@ -101,9 +102,9 @@ def _aae_updates(m, x, fast: bool, seed: int):
 
     torch.manual_seed(seed)
     if fast:
-        from vaekit.training.fastpath import FastAAEStep
+        from vaekit.training.fastpath import players_step
 
-        out = FastAAEStep(m).step(x, apply=lambda player, loss, check: sgd(player, loss, [p.grad for p in params[player]]))
+        out = players_step(m).step(x, apply=lambda player, loss, check: sgd(player, loss, [p.grad for p in params[player]]))
     else:
         def update(player, loss, retain_graph=False):
             return sgd(player, loss, torch.autograd.grad(loss, params[player], retain_graph=retain_graph, allow_unused=True))
@@ -132,8 +133,8 @@ def test_fast_aae_step_makes_the_updates_of_autograd(phases, encoder, prior, lik
     x = torch.rand(10, *spec.shape, generator=g, dtype=torch.float64)
     if kind == "continuous":
         x = torch.randn(10, *spec.shape, generator=g, dtype=torch.float64)
-    want, out_ref = _aae_updates(ref, x, fast=False, seed=7)
-    have, out = _aae_updates(got, x, fast=True, seed=7)
+    want, out_ref = _player_updates(ref, x, fast=False, seed=7)
+    have, out = _player_updates(got, x, fast=True, seed=7)
     assert [p for p, _, _ in have] == [p for p, _, _ in want] == (
         ["autoencoder", "discriminator"] if phases == "joint" else ["autoencoder", "discriminator", "generator"])
     for (player, loss_h, gh), (_, loss_w, gw) in zip(have, want):
@@ -146,6 +147,53 @@ def test_fast_aae_step_makes_the_updates_of_autograd(phases, encoder, prior, lik
         torch.testing.assert_close(out[k], out_ref[k].detach(), rtol=1e-9, atol=1e-10, msg=k)
     for (n, p), q in zip(got.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=n)
+
+
+@pytest.mark.parametrize("cfg,kind,margin", [
+    (dict(hidden=[24], latent_dim=3, critic_hidden=[20, 12]), "8bit", 100.0),  # every update made
+    (dict(hidden=[24, 16], latent_dim=4, critic_hidden=[16], beta=2.0, free_bits=0.05, gamma=0.5), "8bit", 100.0),
+    (dict(hidden=[16], latent_dim=2, critic_hidden=[12, 12], likelihood="gaussian-fixed"), "continuous", 100.0),
+    (dict(hidden=[24], latent_dim=3, critic_hidden=[20, 12], equilibrium=5.0), "8bit", 0.0),  # the rule skips Dis
+    (dict(hidden=[24], latent_dim=3, critic_hidden=[20, 12], equilibrium=-5.0), "8bit", 0.0),  # ... the decoder
+])
+def test_fast_vaegan_step_makes_the_updates_of_autograd(cfg, kind, margin):
+    from vaekit.training.fastpath import supports_vaegan
+
+    spec = DataSpec((1, 5, 6) if kind == "8bit" else (13,), kind)
+    mc = ModelConfig(model="vaegan", margin=margin, **cfg).resolved(spec)
+    torch.manual_seed(0)
+    ref = build_model(mc, spec).double()
+    got = build_model(mc, spec).double()
+    got.load_state_dict(ref.state_dict())
+    assert supports_vaegan(got)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(10, *spec.shape, generator=g, dtype=torch.float64)
+    if kind == "continuous":
+        x = torch.randn(10, *spec.shape, generator=g, dtype=torch.float64)
+    want, out_ref = _player_updates(ref, x, fast=False, seed=7)
+    have, out = _player_updates(got, x, fast=True, seed=7)
+    order = [p for p, _, _ in want]
+    assert [p for p, _, _ in have] == order and order[0] == "encoder"
+    assert (len(order) < 3) == (margin == 0.0), order
+    for (player, loss_h, gh), (_, loss_w, gw) in zip(have, want):
+        assert loss_h == pytest.approx(loss_w, rel=1e-10), player
+        for n in gw:
+            assert gw[n] is not None and float(gw[n].abs().sum()) > 0, (player, n)
+            torch.testing.assert_close(gh[n], gw[n], rtol=1e-8, atol=1e-11, msg=f"{player} {n}")
+    for k in out_ref:
+        torch.testing.assert_close(out[k], out_ref[k].detach().to(out[k].dtype), rtol=1e-9, atol=1e-10, msg=k)
+    for (n, p), q in zip(got.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=n)
+
+
+def test_the_conv_vaegan_and_unusual_networks_fall_back_to_autograd():
+    from vaekit.training.fastpath import players_step, supports_vaegan
+
+    img = DataSpec((1, 8, 8), "8bit")
+    assert not supports_vaegan(build_model(ModelConfig(model="vaegan", arch="conv", latent_dim=3), img))
+    assert not supports_vaegan(build_model(ModelConfig(model="vaegan", hidden=[8], latent_dim=3, prior="gmm-ring"), img))
+    assert not supports_vaegan(build_model(ModelConfig(model="vaegan", hidden=[8], latent_dim=3, activation="elu"), img))
+    assert players_step(build_model(ModelConfig(model="vae", hidden=[8], latent_dim=3), img)) is None
 
 
 def test_the_aae_trains_on_the_hand_derived_players_step_and_falls_back_elsewhere():

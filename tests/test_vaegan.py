@@ -112,15 +112,20 @@ def test_no_gan_gradient_reaches_the_encoder():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("player", PLAYERS)
-def test_each_players_update_moves_only_its_parameters(player):
-    t = trainer(epochs=1, model_kw={"margin": 100.0})
-    step = t.model.train_step
-
-    def only(x, *, update, **kw):
-        return step(x, update=lambda p, loss, **k: update(p, loss, **k) if p == player else False, **kw)
-
-    t.model.train_step = only
+def test_each_players_update_moves_only_its_parameters(player, fast):
+    """On the hand-derived step (the MLP default) and on autograd's."""
+    t = trainer(epochs=1, model_kw={"margin": 100.0}, fast_path=fast)
+    if fast:
+        assert t.fast is not None
+        step = t.fast.step
+        t.fast.step = lambda x, *, apply, **kw: step(x, apply=lambda p, *a: apply(p, *a) if p == player else False, **kw)
+    else:
+        assert t.fast is None
+        step = t.model.train_step
+        t.model.train_step = lambda x, *, update, **kw: step(
+            x, update=lambda p, loss, **k: update(p, loss, **k) if p == player else False, **kw)
     before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
     t.fit()
     for n, p in t.model.named_parameters():

@@ -28,19 +28,27 @@ import torch.nn.functional as F
 from ..models.aae import AAE
 from ..models.cvae import CVAE
 from ..models.vae import VAE
+from ..models.vaegan import VAEGAN, equilibrium_rule
 from ..modules.blocks import MLPDecoder, MLPEncoder
 from ..modules.likelihoods import BernoulliLikelihood, FixedGaussianLikelihood
 from ..modules.priors import StandardNormalPrior
 
-_ACTS = (nn.ReLU, nn.Tanh)
+_ACTS = (nn.ReLU, nn.Tanh, nn.LeakyReLU)
 
 
-def _linears_and_act(seq: nn.Sequential) -> tuple[list[nn.Linear], type | None] | None:
-    layers = [m for m in seq if isinstance(m, nn.Linear)]
-    acts = {type(m) for m in seq if not isinstance(m, nn.Linear)}
-    if len(acts) > 1 or (acts and not acts <= set(_ACTS)) or len(layers) + sum(1 for m in seq if not isinstance(m, nn.Linear)) != len(seq):
+def _linears_and_act(seq: nn.Sequential | list[nn.Module]) -> tuple[list[nn.Linear], nn.Module | None] | None:
+    """(the linear layers, the activation between each two) of a stack Linear (act Linear)*, one
+    kind of activation throughout (ReLU, tanh or LeakyReLU with one slope); None for anything else."""
+    mods = list(seq)
+    layers, acts = mods[0::2], mods[1::2]
+    if not mods or len(mods) % 2 == 0 or not all(type(m) is nn.Linear for m in layers):
         return None
-    return layers, (acts.pop() if acts else None)
+    if not all(type(a) in _ACTS and type(a) is type(acts[0]) for a in acts):
+        return None
+    if acts and isinstance(acts[0], nn.LeakyReLU) and (len({a.negative_slope for a in acts}) != 1
+                                                        or not acts[0].negative_slope > 0):
+        return None
+    return layers, (acts[0] if acts else None)
 
 
 def supports(model: nn.Module) -> bool:
@@ -64,20 +72,24 @@ def supports(model: nn.Module) -> bool:
     return _linears_and_act(enc.net) is not None and _linears_and_act(dec.net) is not None
 
 
-def _act_forward(act: type | None, a: torch.Tensor) -> torch.Tensor:
-    if act is nn.ReLU:
+def _act_forward(act: nn.Module | None, a: torch.Tensor) -> torch.Tensor:
+    if isinstance(act, nn.ReLU):
         return a.clamp_min_(0.0)
-    if act is nn.Tanh:
+    if isinstance(act, nn.Tanh):
         return a.tanh_()
+    if isinstance(act, nn.LeakyReLU):
+        return F.leaky_relu_(a, act.negative_slope)
     return a
 
 
-def _act_backward(act: type | None, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def _act_backward(act: nn.Module | None, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """g * act'(a), written in terms of the activation's output h."""
-    if act is nn.ReLU:
+    if isinstance(act, nn.ReLU):
         return g.mul_(h > 0)
-    if act is nn.Tanh:
+    if isinstance(act, nn.Tanh):
         return g.mul_(1.0 - h * h)
+    if isinstance(act, nn.LeakyReLU):  # (slope > 0: h > 0 exactly where a > 0)
+        return g.mul_((h <= 0).to(g.dtype).mul_(act.negative_slope - 1.0).add_(1.0))  # 1 or the slope, in g's dtype
     return g
 
 
@@ -120,7 +132,7 @@ class _HandDerived:
             return t
         return self._buf(key, tuple(t.shape), t, self.mm_dtype).copy_(t)
 
-    def _forward(self, name: str, layers: list[nn.Linear], act: type | None, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _forward(self, name: str, layers: list[nn.Linear], act: nn.Module | None, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Returns the fp32 output and the inputs of every layer (in the matmul dtype)."""
         h = self._low(f"{name}in", h)
         hs = [h]
@@ -131,27 +143,40 @@ class _HandDerived:
             hs.append(h)
         return h.to(layers[-1].weight.dtype), hs
 
-    def _backward(self, name: str, layers: list[nn.Linear], act: type | None, hs: list[torch.Tensor], g: torch.Tensor,
-                  need_input_grad: bool) -> torch.Tensor | None:
-        """Back through ``layers`` from output gradient ``g``; hs[i] is the input of layer i."""
+    def _backward(self, name: str, layers: list[nn.Linear], act: nn.Module | None, hs: list[torch.Tensor], g: torch.Tensor,
+                  need_input_grad: bool, *, param_grads: bool = True, add_at: dict[int, torch.Tensor] | None = None,
+                  tag: str = "") -> torch.Tensor | None:
+        """Back through ``layers`` from output gradient ``g``; hs[i] is the input of layer i (the
+        forward's ``name``). ``param_grads=False``: only the input gradient (no .grad written).
+        ``add_at[i]``: a gradient on hs[i] from elsewhere, added where the backward reaches it.
+        ``tag`` keeps this pass's scratch buffers apart from another pass's of the same shapes."""
+        key = name + tag
         for i in range(len(layers) - 1, -1, -1):
             layer = layers[i]
-            g_low = self._low(f"g{name}low{i}", g)
-            gb = torch.sum(g, 0, out=self._grad_buf(layer.bias))
-            if g_low is g:
-                gw = torch.mm(g.t(), hs[i], out=self._grad_buf(layer.weight))
-            else:
-                gw_low = torch.mm(g_low.t(), hs[i], out=self._buf(f"gw{name}{i}", tuple(layer.weight.shape), g_low))
-                gw = self._grad_buf(layer.weight).copy_(gw_low)
-            # Summed while still in cache: a NaN or inf anywhere makes the sum non-finite.
-            self._checks += [gw.sum(), gb.sum()]
+            g_low = self._low(f"g{key}low{i}", g)
+            if param_grads:
+                gb = torch.sum(g, 0, out=self._grad_buf(layer.bias))
+                if g_low is g:
+                    gw = torch.mm(g.t(), hs[i], out=self._grad_buf(layer.weight))
+                else:
+                    gw_low = torch.mm(g_low.t(), hs[i], out=self._buf(f"gw{key}{i}", tuple(layer.weight.shape), g_low))
+                    gw = self._grad_buf(layer.weight).copy_(gw_low)
+                # Summed while still in cache: a NaN or inf anywhere makes the sum non-finite.
+                self._checks += [gw.sum(), gb.sum()]
             if i == 0 and not need_input_grad:
                 return None
             w = self._bufs.get((f"{name}w{i}", tuple(layer.weight.shape)), layer.weight) if g_low is not g else layer.weight
-            g = torch.mm(g_low, w, out=self._buf(f"g{name}{i}", (g.shape[0], layer.in_features), g_low)).to(layer.weight.dtype)
+            g = torch.mm(g_low, w, out=self._buf(f"g{key}{i}", (g.shape[0], layer.in_features), g_low)).to(layer.weight.dtype)
+            if add_at is not None and i in add_at:
+                g = g.add_(add_at[i])
             if i > 0:
                 g = _act_backward(act, g, hs[i])
         return g
+
+    def _check(self) -> torch.Tensor:
+        """The sum of the gradients written since the last call (non-finite when any is)."""
+        out, self._checks = torch.stack(self._checks).sum(), []
+        return out
 
     def _recon(self, xf: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log p(x|z) per example (B,), d(-mean log p)/d params (B, N)) for the decoder's output."""
@@ -288,13 +313,10 @@ class FastAAEStep(_HandDerived):
         self._backward("r", self.disc, self.disc_act, hs, g.mul_(1.0 / b), need_input_grad=False)
         return d_loss, acc
 
-    def _check(self) -> torch.Tensor:
-        out, self._checks = torch.stack(self._checks).sum(), []
-        return out
-
     def step(self, x: torch.Tensor, apply: Callable[[str, torch.Tensor, torch.Tensor], bool],
-             kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
-        """One batch; ``kl_weight`` is ignored (an AAE has no KL term)."""
+             kl_weight: float = 1.0, mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One batch; ``kl_weight`` is ignored (an AAE has no KL term), and so is ``mean`` (no
+        update depends on the batch's values)."""
         m = self.model
         xf = x.reshape(x.shape[0], -1)
         self._checks = []
@@ -328,3 +350,134 @@ class FastAAEStep(_HandDerived):
                 self._encoder_backward(g_codes, logvar, eps, enc_hs)
                 apply("generator", g_loss, self._check())
         return {**out, "disc_loss": d_loss, "gen_loss": g_loss, "critic_acc": acc}
+
+
+# -- the VAE-GAN ----------------------------------------------------------------------------------
+def _discriminator_layers(model: nn.Module) -> tuple[list[nn.Linear], nn.Module | None] | None:
+    """The VAE-GAN's MLP discriminator (Flatten, then Linear/act pairs, then the head) as one
+    stack whose last hidden output is the feature layer Dis_l; None for the conv one."""
+    feats = list(model.discriminator.features)
+    if not feats or type(feats[0]) is not nn.Flatten or not isinstance(model.discriminator.head, nn.Linear):
+        return None
+    return _linears_and_act(feats[1:] + [model.discriminator.head])
+
+
+def supports_vaegan(model: nn.Module) -> bool:
+    """True when ``FastVAEGANStep`` computes exactly this model's ``train_step``: a VAE-GAN (not a
+    subclass) with MLP encoder, decoder and discriminator, a Bernoulli or fixed-variance Gaussian
+    likelihood and the standard normal prior."""
+    if type(model) is not VAEGAN or getattr(model, "perceptual", None) is not None:
+        return False
+    if type(model.encoder) is not MLPEncoder or type(model.decoder) is not MLPDecoder:
+        return False
+    if type(model.likelihood) not in (BernoulliLikelihood, FixedGaussianLikelihood) or type(model.prior) is not StandardNormalPrior:
+        return False
+    return (_linears_and_act(model.encoder.net) is not None and _linears_and_act(model.decoder.net) is not None
+            and _discriminator_layers(model) is not None)
+
+
+class FastVAEGANStep(_HandDerived):
+    """``VAEGAN.train_step`` without autograd: one forward pass of the encoder, of the decoder on
+    [z; z_p] and of the discriminator on [x; x~; x_p], then each player's gradient by hand, and the
+    updates in the model's order under its equilibrium rule (``apply`` as for ``FastAAEStep``).
+
+    With Dis(.) = (logit, features f), FR = 1/2 sum_f (f(x~) - f(x))^2 / (B s^2) (f(x) and s^2
+    detached) and the non-saturating GAN loss: the encoder's gradient reaches x~ through FR only
+    (A = dFR/dx~, back through the discriminator's feature layers), the decoder's is gamma * A plus
+    the GAN loss's (back from the logits of x~ and x_p), the discriminator's is its BCE's on all
+    three parts. The decoder's output goes to x~ through the likelihood's mean (sigmoid for
+    Bernoulli, identity for the fixed-variance Gaussian)."""
+
+    def __init__(self, model: nn.Module, matmul_dtype: torch.dtype | None = None) -> None:
+        if not supports_vaegan(model):
+            raise ValueError("FastVAEGANStep does not support this model")
+        super().__init__(model, matmul_dtype)
+        self.dis, self.dis_act = _discriminator_layers(model)
+
+    def _mean_grad(self, g_mean: torch.Tensor, params: torch.Tensor, xm: torch.Tensor) -> torch.Tensor:
+        """d/d params from d/d mean; ``xm`` = mean(params)."""
+        return g_mean if self.sigma is not None else g_mean.mul_(xm * (1.0 - xm))
+
+    def step(self, x: torch.Tensor, apply: Callable[[str, torch.Tensor, torch.Tensor], bool],
+             kl_weight: float = 1.0, mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        m, cfg = self.model, self.model.config
+        b = x.shape[0]
+        xf = x.reshape(b, -1)
+        k = len(self.dis) - 1  # hs[k]: the discriminator's features, the head's input
+        with torch.no_grad():
+            out, enc_hs = self._forward("e", self.enc, self.enc_act, xf)
+            mu, logvar = out.chunk(2, dim=1)
+            std = torch.exp(0.5 * logvar)
+            eps = torch.randn_like(mu)
+            z = torch.addcmul(mu, std, eps)
+            z_p = m.prior.sample(b, device=x.device, dtype=x.dtype)
+            params, dec_hs = self._forward("d", self.dec, self.dec_act, torch.cat([z, z_p]))  # (2B, N)
+            recon = -m.likelihood.log_prob(params[:b].view(b, 1, *x.shape[1:]), x).mean()
+            x_fake = torch.sigmoid(params) if self.sigma is None else params  # [x~; x_p]
+            logits, dis_hs = self._forward("c", self.dis, self.dis_act, torch.cat([xf, x_fake]))  # (3B, 1)
+            logits = logits[:, 0]
+            l_real, l_tilde, l_p = logits[:b], logits[b:2 * b], logits[2 * b:]
+            f = dis_hs[k]
+            f_real, f_tilde = f[:b], f[b:2 * b]
+            var = f_real.var(0, unbiased=False).mean().clamp(min=1e-8) if b > 1 else f.new_ones(())
+            diff = f_tilde - f_real
+            feature_recon = 0.5 * (diff * diff).sum(1).mean() / var
+            var_q = std * std
+            kl_dims = 0.5 * (mu * mu + var_q - 1.0 - logvar).mean(0)
+            kl = kl_dims.sum()
+            c = cfg.beta * kl_weight
+            if cfg.free_bits > 0:
+                kl_term = kl_dims.clamp(min=cfg.free_bits).sum()
+                c_dims = (kl_dims > cfg.free_bits).to(mu.dtype).mul_(c / b)
+            else:
+                kl_term, c_dims = kl, c / b
+            real_bce = F.softplus(-l_real).mean()
+            fake_tilde, fake_p = F.softplus(l_tilde).mean(), F.softplus(l_p).mean()
+            dis_loss = real_bce + fake_tilde + fake_p
+            gan_loss = F.softplus(-l_tilde).mean() + F.softplus(-l_p).mean()
+            enc_loss = c * kl_term + feature_recon
+            acc = ((l_real > 0).float().mean() + (logits[b:] < 0).float().mean()) / 2  # (float32, as train_step's)
+            fake_bce = (fake_tilde + fake_p) / 2
+            avg = mean or (lambda t: t)
+            train_dis, train_dec = equilibrium_rule(float(avg(real_bce)), float(avg(fake_bce)), cfg.equilibrium, cfg.margin)
+            out = {"loss": enc_loss, "elbo": -(recon + kl), "recon": recon, "kl": kl, "feature_recon": feature_recon,
+                   "dis_loss": dis_loss, "gan_loss": gan_loss, "critic_acc": acc,
+                   "dis_updated": torch.tensor(float(train_dis)), "gan_updated": torch.tensor(float(train_dec))}
+
+            # the encoder: beta * KL + FR, FR reaching z through x~ and the decoder
+            g_f = diff.mul_(1.0 / (b * var))  # dFR/df(x~), (B, F)
+            hs_tilde = [h[b:2 * b] for h in dis_hs]
+            g_a = _act_backward(self.dis_act, g_f.clone() if train_dec else g_f, hs_tilde[k]) if k > 0 else g_f
+            a_x = self._backward("c", self.dis[:k], self.dis_act, hs_tilde[:k], g_a, True, param_grads=False, tag="fr")
+            a_params = self._mean_grad(a_x, params[:b], x_fake[:b])
+            g_z = self._backward("d", self.dec, self.dec_act, [h[:b] for h in dec_hs], a_params, True,
+                                 param_grads=False, tag="enc")
+            g_mu = g_z + mu * c_dims
+            g_logvar = (g_z * eps * std).mul_(0.5).add_((var_q - 1.0).mul_(0.5) * c_dims)
+            self._checks = []
+            self._backward("e", self.enc, self.enc_act, enc_hs, torch.cat([g_mu, g_logvar], dim=1), need_input_grad=False)
+            apply("encoder", enc_loss, self._check())
+            if train_dec:  # the decoder: gamma * FR + the GAN loss, through x~ and x_p
+                g_logit = torch.sigmoid(logits[b:]).sub_(1.0).mul_(1.0 / b).unsqueeze(1)  # (2B, 1)
+                extra = torch.zeros_like(f[b:])
+                extra[:b] = g_f.mul_(cfg.gamma)
+                g_x = self._backward("c", self.dis, self.dis_act, [h[b:] for h in dis_hs], g_logit, True,
+                                     param_grads=False, add_at={k: extra}, tag="gan")
+                self._checks = []
+                self._backward("d", self.dec, self.dec_act, dec_hs, self._mean_grad(g_x, params, x_fake), False)
+                apply("decoder", cfg.gamma * feature_recon + gan_loss, self._check())
+            if train_dis:  # the discriminator: its BCE on the data (1) and on x~ and x_p (0)
+                g_logit = torch.sigmoid(logits).mul_(1.0 / b)
+                g_logit[:b] -= 1.0 / b
+                self._checks = []
+                self._backward("c", self.dis, self.dis_act, dis_hs, g_logit.unsqueeze(1), False)
+                apply("discriminator", dis_loss, self._check())
+        return out
+
+
+def players_step(model: nn.Module, matmul_dtype: torch.dtype | None = None) -> _HandDerived | None:
+    """The hand-derived step of a model with several players, where there is one (else None)."""
+    for ok, step in ((supports_aae, FastAAEStep), (supports_vaegan, FastVAEGANStep)):
+        if ok(model):
+            return step(model, matmul_dtype)
+    return None

@@ -243,7 +243,8 @@ class PlayersStep:
 
 
 class HandDerivedPlayersStep(PlayersStep):
-    """The same updates with a hand-derived forward and backward (``fastpath.FastAAEStep``): the
+    """The same updates with a hand-derived forward and backward (``fastpath.FastAAEStep``,
+    ``FastVAEGANStep``): the
     fast step writes each player's gradients and calls ``apply`` to check and step it, in the
     model's order; no autograd graph is built."""
 
@@ -267,7 +268,7 @@ class HandDerivedPlayersStep(PlayersStep):
 
     def __call__(self, b: Batch, kl_weight: float) -> dict[str, torch.Tensor] | None:
         self._all_ok = True
-        out = self.fast.step(b.x, apply=self._apply, kl_weight=kl_weight)
+        out = self.fast.step(b.x, apply=self._apply, kl_weight=kl_weight, mean=self._update.mean)
         if self.sync is not None:
             out = self.sync.terms(out)
         return _terms(out, self.extra) if self._all_ok else None

@@ -27,7 +27,7 @@ from .average import WeightAverage
 from .checkpoint import resume_checkpoint, save_checkpoint
 from .distributed import BACKENDS, ShardedStep, World, current as current_world
 from .interrupt import StopRequest, stop_on_signals
-from .fastpath import FastAAEStep, FastStep, supports, supports_aae
+from .fastpath import FastStep, players_step, supports
 from .graphed import GraphedStep
 from .memory import keep_freed_memory
 from .precision import Precision, check_precision
@@ -163,8 +163,8 @@ class Trainer:
         self.fast: Any = None
         if fast and not self.players and supports(self.model):
             self.fast = FastStep(self.model, matmul_dtype=low)
-        elif fast and self.players and supports_aae(self.model):  # the AAE's players, by hand too
-            self.fast = FastAAEStep(self.model, matmul_dtype=low)
+        elif fast and self.players:  # the AAE's and the VAE-GAN's players, by hand too
+            self.fast = players_step(self.model, matmul_dtype=low)
         self.guard = Guard(self.state, cfg.max_nonfinite, cfg.grad_clip, self.device)
         self.step: Any = None  # the step engine, chosen when training starts (see steps.py)
         # Exact resume inside an epoch: the data generator's state when the epoch's order was drawn.
