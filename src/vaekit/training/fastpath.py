@@ -417,7 +417,7 @@ class FastVAEGANStep(_HandDerived):
             logits, dis_hs = self._forward("c", self.dis, self.dis_act, torch.cat([xf, x_fake]))  # (3B, 1)
             logits = logits[:, 0]
             l_real, l_tilde, l_p = logits[:b], logits[b:2 * b], logits[2 * b:]
-            f = dis_hs[k]
+            f = dis_hs[k].to(logits.dtype)  # (float32 also under bfloat16 matmuls)
             f_real, f_tilde = f[:b], f[b:2 * b]
             var = f_real.var(0, unbiased=False).mean().clamp(min=1e-8) if b > 1 else f.new_ones(())
             diff = f_tilde - f_real
