@@ -167,3 +167,18 @@ def test_two_processes_streaming_from_disk_train_the_in_memory_model(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         outs[mode] = load_file(str(tmp_path / mode / "model.safetensors"))
     assert all(torch.equal(outs["no"][k], outs["yes"][k]) for k in outs["yes"])
+
+
+def test_two_processes_train_the_hand_derived_aae_as_one_does(tmp_path):
+    """The several-player hand-derived step under data parallelism: each player's gradients averaged
+    over the processes before its update, the same weights as one process with the same batch."""
+    aae = [*ARGS, "--epochs", "2", "--model", "aae", "--encoder", "gaussian", "--critic-hidden", "32"]  # (the last --epochs counts)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "vaekit", "train", *aae, "--out", str(tmp_path / "two")],
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = _vaekit(*aae, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    a, b = load_file(str(tmp_path / "two" / "last.safetensors")), load_file(str(tmp_path / "one" / "last.safetensors"))
+    assert any(k.startswith("optim.discriminator.") for k in a)
+    assert _max_diff(a, b, "model.") < 1e-4
