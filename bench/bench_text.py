@@ -71,12 +71,16 @@ class LSTMLM(nn.Module):
         self.out = nn.Linear(hidden, vocab)
 
     def nll(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Per-sentence -log p(x): (B,)."""
-        ids = x[..., 0].long()
+        """Per-sentence -log p(x): (B,). Padding comes after each sentence, so the batch is cut at its
+        longest sentence (the causal LSTM never reads past it), and the output layer and softmax run
+        at the observed tokens only, as vaekit's text decoder does: the same value, far less work."""
+        m = mask[..., 0] > 0
+        t = int(m.sum(1).max())
+        ids, m = x[:, :t, 0].long(), m[:, :t]
         prev = torch.cat([torch.zeros_like(ids[:, :1]), ids[:, :-1]], 1)  # id 0 (<pad>) as the start token
         h, _ = self.rnn(self.embed(prev))
-        lp = torch.log_softmax(self.out(h), -1).gather(-1, ids[..., None])[..., 0]
-        return -(lp * mask[..., 0]).sum(1)
+        lp = torch.log_softmax(self.out(h[m]), -1).gather(-1, ids[m][:, None])[:, 0]
+        return -torch.zeros(m.shape, dtype=lp.dtype).masked_scatter(m, lp).sum(1)
 
 
 def train_lm(data: Data, args) -> tuple[LSTMLM, dict]:
