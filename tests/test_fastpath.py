@@ -113,6 +113,27 @@ def _player_updates(m, x, fast: bool, seed: int):
     return seen, out
 
 
+def _both_engines(kind, supports, **cfg):
+    """Twin float64 models of ``cfg`` on one batch, one step each by autograd and by hand:
+    (the hand-derived twin, autograd's updates, the hand-derived ones, autograd's terms, its terms)."""
+    spec = DataSpec((1, 5, 6) if kind == "8bit" else (13,), kind)
+    mc = ModelConfig(**cfg).resolved(spec)
+    torch.manual_seed(0)
+    ref = build_model(mc, spec).double()
+    got = build_model(mc, spec).double()
+    got.load_state_dict(ref.state_dict())
+    assert supports(got)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(10, *spec.shape, generator=g, dtype=torch.float64)
+    if kind == "continuous":
+        x = torch.randn(10, *spec.shape, generator=g, dtype=torch.float64)
+    want, out_ref = _player_updates(ref, x, fast=False, seed=7)
+    have, out = _player_updates(got, x, fast=True, seed=7)
+    for (n, p), q in zip(got.named_parameters(), ref.parameters()):  # the same weights after the updates
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=n)
+    return got, want, have, out_ref, out
+
+
 @pytest.mark.parametrize("phases", ["paper", "joint"])
 @pytest.mark.parametrize("encoder,prior,lik", [("deterministic", "standard-normal", "bernoulli"),
                                                ("gaussian", "gmm-ring", "bernoulli"),
@@ -121,20 +142,9 @@ def test_fast_aae_step_makes_the_updates_of_autograd(phases, encoder, prior, lik
     from vaekit.training.fastpath import supports_aae
 
     kind = "continuous" if lik == "gaussian-fixed" else "8bit"
-    spec = DataSpec((1, 5, 6) if kind == "8bit" else (13,), kind)
-    cfg = ModelConfig(model="aae", hidden=[24, 12], latent_dim=4, encoder=encoder, prior=prior, phases=phases,
-                      critic_hidden=[16, 8], likelihood=lik if lik != "bernoulli" else None).resolved(spec)
-    torch.manual_seed(0)
-    ref = build_model(cfg, spec).double()
-    got = build_model(cfg, spec).double()
-    got.load_state_dict(ref.state_dict())
-    assert supports_aae(got)
-    g = torch.Generator().manual_seed(2)
-    x = torch.rand(10, *spec.shape, generator=g, dtype=torch.float64)
-    if kind == "continuous":
-        x = torch.randn(10, *spec.shape, generator=g, dtype=torch.float64)
-    want, out_ref = _player_updates(ref, x, fast=False, seed=7)
-    have, out = _player_updates(got, x, fast=True, seed=7)
+    got, want, have, out_ref, out = _both_engines(
+        kind, supports_aae, model="aae", hidden=[24, 12], latent_dim=4, encoder=encoder, prior=prior, phases=phases,
+        critic_hidden=[16, 8], likelihood=lik if lik != "bernoulli" else None)
     assert [p for p, _, _ in have] == [p for p, _, _ in want] == (
         ["autoencoder", "discriminator"] if phases == "joint" else ["autoencoder", "discriminator", "generator"])
     for (player, loss_h, gh), (_, loss_w, gw) in zip(have, want):
@@ -145,8 +155,6 @@ def test_fast_aae_step_makes_the_updates_of_autograd(phases, encoder, prior, lik
             torch.testing.assert_close(gh[n], gw[n], rtol=1e-8, atol=1e-11, msg=f"{player} {n}")
     for k in out_ref:
         torch.testing.assert_close(out[k], out_ref[k].detach(), rtol=1e-9, atol=1e-10, msg=k)
-    for (n, p), q in zip(got.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=n)
 
 
 @pytest.mark.parametrize("cfg,kind,margin", [
@@ -159,19 +167,7 @@ def test_fast_aae_step_makes_the_updates_of_autograd(phases, encoder, prior, lik
 def test_fast_vaegan_step_makes_the_updates_of_autograd(cfg, kind, margin):
     from vaekit.training.fastpath import supports_vaegan
 
-    spec = DataSpec((1, 5, 6) if kind == "8bit" else (13,), kind)
-    mc = ModelConfig(model="vaegan", margin=margin, **cfg).resolved(spec)
-    torch.manual_seed(0)
-    ref = build_model(mc, spec).double()
-    got = build_model(mc, spec).double()
-    got.load_state_dict(ref.state_dict())
-    assert supports_vaegan(got)
-    g = torch.Generator().manual_seed(2)
-    x = torch.rand(10, *spec.shape, generator=g, dtype=torch.float64)
-    if kind == "continuous":
-        x = torch.randn(10, *spec.shape, generator=g, dtype=torch.float64)
-    want, out_ref = _player_updates(ref, x, fast=False, seed=7)
-    have, out = _player_updates(got, x, fast=True, seed=7)
+    got, want, have, out_ref, out = _both_engines(kind, supports_vaegan, model="vaegan", margin=margin, **cfg)
     order = [p for p, _, _ in want]
     assert [p for p, _, _ in have] == order and order[0] == "encoder"
     assert (len(order) < 3) == (margin == 0.0), order
@@ -182,8 +178,6 @@ def test_fast_vaegan_step_makes_the_updates_of_autograd(cfg, kind, margin):
             torch.testing.assert_close(gh[n], gw[n], rtol=1e-8, atol=1e-11, msg=f"{player} {n}")
     for k in out_ref:
         torch.testing.assert_close(out[k], out_ref[k].detach().to(out[k].dtype), rtol=1e-9, atol=1e-10, msg=k)
-    for (n, p), q in zip(got.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=n)
 
 
 def test_the_conv_vaegan_and_unusual_networks_fall_back_to_autograd():

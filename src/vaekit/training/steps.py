@@ -218,10 +218,17 @@ class PlayersStep:
         grads = torch.autograd.grad(scaled, opt.params, retain_graph=retain_graph, allow_unused=True)
         for p, g in zip(opt.params, grads):
             p.grad = g
+        return self._check_and_step(player, loss, scaler=scaler)
+
+    def _check_and_step(self, player: str, loss: torch.Tensor, grad_check: torch.Tensor | None = None,
+                        scaler: LossScaler | None = None) -> bool:
+        """The update of ``player`` from the gradients in its parameters' .grad: averaged over the
+        processes (distributed), checked, and applied when finite."""
+        opt = self.opts[player]
         loss = loss.detach()
-        if self.sync is not None:
-            loss = self.sync.reduce({"loss": loss}, opt.params)["loss"]
-        ok = self.guard.finite(loss, opt.params, scaler=scaler)
+        if self.sync is not None:  # (the hand-derived step's grad_check is of this process's gradients only)
+            loss, grad_check = self.sync.reduce({"loss": loss}, opt.params)["loss"], None
+        ok = self.guard.finite(loss, opt.params, grad_check, scaler=scaler)
         self.guard.record(player, ok)
         if ok:
             opt.step()
@@ -244,31 +251,16 @@ class PlayersStep:
 
 class HandDerivedPlayersStep(PlayersStep):
     """The same updates with a hand-derived forward and backward (``fastpath.FastAAEStep``,
-    ``FastVAEGANStep``): the
-    fast step writes each player's gradients and calls ``apply`` to check and step it, in the
-    model's order; no autograd graph is built."""
+    ``FastVAEGANStep``): the fast step writes each player's gradients and calls ``apply`` (here
+    ``_check_and_step``) to check and step it, in the model's order; no autograd graph is built."""
 
     def __init__(self, model: torch.nn.Module, opts: dict[str, Adam], guard: Guard, fast: Any) -> None:
         super().__init__(model, opts, guard)  # float32 only: not chosen under --precision bf16/fp16
         self.fast = fast
 
-    def _apply(self, player: str, loss: torch.Tensor, grad_check: torch.Tensor) -> bool:
-        opt = self.opts[player]
-        loss = loss.detach()
-        if self.sync is not None:  # averaged over the processes: the check is made on the averages
-            loss = self.sync.reduce({"loss": loss}, opt.params)["loss"]
-            ok = self.guard.finite(loss, opt.params)
-        else:
-            ok = self.guard.finite(loss, opt.params, grad_check)
-        self.guard.record(player, ok)
-        if ok:
-            opt.step()
-        self._all_ok &= ok
-        return ok
-
     def __call__(self, b: Batch, kl_weight: float) -> dict[str, torch.Tensor] | None:
         self._all_ok = True
-        out = self.fast.step(b.x, apply=self._apply, kl_weight=kl_weight, mean=self._update.mean)
+        out = self.fast.step(b.x, apply=self._check_and_step, kl_weight=kl_weight, mean=self._update.mean)
         if self.sync is not None:
             out = self.sync.terms(out)
         return _terms(out, self.extra) if self._all_ok else None
