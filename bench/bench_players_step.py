@@ -38,7 +38,7 @@ ROWS = {
 }
 
 
-def epoch_rate(data, opts: dict, fast: bool, args) -> float:
+def epoch_rate(data, opts: dict, fast: bool) -> float:
     from vaekit.config import make_config
     from vaekit.models import build_model
     from vaekit.training.steps import HandDerivedPlayersStep
@@ -70,7 +70,7 @@ def main() -> None:
         rates: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(args.repeats):
             for fast in (False, True):
-                rates[fast].append(epoch_rate(data, opts, fast, args))
+                rates[fast].append(epoch_rate(data, opts, fast))
                 print(f"{name} {'hand-derived' if fast else 'autograd'}: {rates[fast][-1]:,.0f} ex/s", flush=True)
         a, h = statistics.median(rates[False]), statistics.median(rates[True])
         lines.append(f"| {name} | {a:,.0f} | {h:,.0f} | {h / a:.2f}x |")

@@ -173,6 +173,25 @@ class _HandDerived:
                 g = _act_backward(act, g, hs[i])
         return g
 
+    def _kl(self, mu: torch.Tensor, std: torch.Tensor, logvar: torch.Tensor, kl_weight: float
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+        """(KL to N(0, I), the KL term with free bits, its weight per dimension for the gradient:
+        beta * kl_weight / B, zero for the dimensions held at the free-bits floor)."""
+        cfg = self.model.config
+        kl_dims = 0.5 * (mu * mu + std * std - 1.0 - logvar).mean(0)  # (D,)
+        kl = kl_dims.sum()
+        c = cfg.beta * kl_weight
+        if cfg.free_bits > 0:
+            return kl, kl_dims.clamp(min=cfg.free_bits).sum(), (kl_dims > cfg.free_bits).to(mu.dtype).mul_(c / len(mu))
+        return kl, kl, c / len(mu)
+
+    def _encoder_backward_kl(self, g_z: torch.Tensor, mu: torch.Tensor, std: torch.Tensor, eps: torch.Tensor,
+                             c_dims: torch.Tensor | float, enc_hs: list[torch.Tensor]) -> None:
+        """The encoder's gradients from dL/dz through z = mu + std * eps, plus the KL's (``_kl``)."""
+        g_mu = g_z + mu * c_dims
+        g_logvar = (g_z * eps * std).mul_(0.5).add_((std * std - 1.0).mul_(0.5) * c_dims)
+        self._backward("e", self.enc, self.enc_act, enc_hs, torch.cat([g_mu, g_logvar], dim=1), need_input_grad=False)
+
     def _check(self) -> torch.Tensor:
         """The sum of the gradients written since the last call (non-finite when any is)."""
         out, self._checks = torch.stack(self._checks).sum(), []
@@ -216,24 +235,14 @@ class FastStep(_HandDerived):
             # decoder -> likelihood
             params, dec_hs = self._forward("d", self.dec, self.dec_act, z if h is None else torch.cat([z, h], 1))
             log_px, g_params = self._recon(xf, params)
-            var = std * std
-            kl_dims = 0.5 * (mu * mu + var - 1.0 - logvar).mean(0)  # (D,)
             recon = -log_px.mean()
-            kl = kl_dims.sum()
-            c = cfg.beta * kl_weight
-            if cfg.free_bits > 0:
-                kl_term = kl_dims.clamp(min=cfg.free_bits).sum()
-                c_dims = (kl_dims > cfg.free_bits).to(mu.dtype).mul_(c / b)  # no gradient below the floor
-            else:
-                kl_term, c_dims = kl, c / b
-            loss = recon + c * kl_term
+            kl, kl_term, c_dims = self._kl(mu, std, logvar, kl_weight)
+            loss = recon + cfg.beta * kl_weight * kl_term
             # backward: decoder, then the reparameterisation and the KL
             g_z = self._backward("d", self.dec, self.dec_act, dec_hs, g_params, need_input_grad=True)
             if h is not None:
                 g_z = g_z[:, :mu.shape[1]]  # the condition is data: no gradient
-            g_mu = g_z + mu * c_dims
-            g_logvar = (g_z * eps * std).mul_(0.5).add_((var - 1.0).mul_(0.5) * c_dims)
-            self._backward("e", self.enc, self.enc_act, enc_hs, torch.cat([g_mu, g_logvar], dim=1), need_input_grad=False)
+            self._encoder_backward_kl(g_z, mu, std, eps, c_dims, enc_hs)
             grad_check = torch.stack(self._checks).sum()
         # "grad_check" is finite exactly when every gradient is (up to overflow of the sum).
         return {"loss": loss, "elbo": -(recon + kl), "recon": recon, "kl": kl, "grad_check": grad_check}
@@ -243,7 +252,7 @@ class FastStep(_HandDerived):
 def supports_aae(model: nn.Module) -> bool:
     """True when ``FastAAEStep`` computes exactly this model's ``train_step``: an AAE (not a
     subclass) with an MLP encoder and decoder as ``supports`` asks of a VAE, and an MLP
-    discriminator (linear layers with ReLU or tanh between them). The prior may be any: the step
+    discriminator (linear layers with ReLU, tanh or LeakyReLU between them). The prior may be any: the step
     only draws from it."""
     if type(model) is not AAE or getattr(model, "perceptual", None) is not None:
         return False
@@ -291,14 +300,13 @@ class FastAAEStep(_HandDerived):
             g_out = torch.cat([g_z, g_z * eps * torch.exp(0.5 * logvar) * 0.5], dim=1)
         self._backward("e", self.enc, self.enc_act, hs, g_out, need_input_grad=False)
 
-    def _generator_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(the generator's loss, its gradient on z, D(z)). Writes scratch values into the
-        discriminator's .grad, which its own update overwrites before reading."""
+    def _generator_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the generator's loss, its gradient on z); the discriminator's .grad is not touched."""
         f, hs = self._forward("c", self.disc, self.disc_act, z)
         g_loss = F.softplus(-f).mean()
         g_z = self._backward("c", self.disc, self.disc_act, hs, torch.sigmoid(f).sub_(1.0).mul_(1.0 / len(z)),
-                             need_input_grad=True)
-        return g_loss, g_z, f
+                             need_input_grad=True, param_grads=False)
+        return g_loss, g_z
 
     def _discriminator_grad(self, prior_z: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the discriminator's loss, its accuracy) on prior draws (real) and codes (fake), one
@@ -331,8 +339,7 @@ class FastAAEStep(_HandDerived):
                 out.update(kl=kl, elbo=-(recon + kl))
             g_z = self._backward("d", self.dec, self.dec_act, dec_hs, g_params, need_input_grad=True)
             if m.config.phases == "joint":  # reconstruction + generator loss, then the discriminator
-                g_loss, g_adv, _ = self._generator_grad(z)
-                self._checks = self._checks[:2 * len(self.dec)]  # the discriminator's scratch grads are not checked here
+                g_loss, g_adv = self._generator_grad(z)
                 self._encoder_backward(g_z.add_(g_adv), logvar, eps, enc_hs)
                 apply("autoencoder", recon + g_loss, self._check())
                 prior_z = m.prior.sample(len(x), device=x.device, dtype=z.dtype)
@@ -345,8 +352,7 @@ class FastAAEStep(_HandDerived):
                 prior_z = m.prior.sample(len(x), device=x.device, dtype=codes.dtype)
                 d_loss, acc = self._discriminator_grad(prior_z, codes)
                 apply("discriminator", d_loss, self._check())
-                g_loss, g_codes, _ = self._generator_grad(codes)
-                self._checks = []
+                g_loss, g_codes = self._generator_grad(codes)
                 self._encoder_backward(g_codes, logvar, eps, enc_hs)
                 apply("generator", g_loss, self._check())
         return {**out, "disc_loss": d_loss, "gen_loss": g_loss, "critic_acc": acc}
@@ -422,20 +428,12 @@ class FastVAEGANStep(_HandDerived):
             var = f_real.var(0, unbiased=False).mean().clamp(min=1e-8) if b > 1 else f.new_ones(())
             diff = f_tilde - f_real
             feature_recon = 0.5 * (diff * diff).sum(1).mean() / var
-            var_q = std * std
-            kl_dims = 0.5 * (mu * mu + var_q - 1.0 - logvar).mean(0)
-            kl = kl_dims.sum()
-            c = cfg.beta * kl_weight
-            if cfg.free_bits > 0:
-                kl_term = kl_dims.clamp(min=cfg.free_bits).sum()
-                c_dims = (kl_dims > cfg.free_bits).to(mu.dtype).mul_(c / b)
-            else:
-                kl_term, c_dims = kl, c / b
+            kl, kl_term, c_dims = self._kl(mu, std, logvar, kl_weight)
             real_bce = F.softplus(-l_real).mean()
             fake_tilde, fake_p = F.softplus(l_tilde).mean(), F.softplus(l_p).mean()
             dis_loss = real_bce + fake_tilde + fake_p
             gan_loss = F.softplus(-l_tilde).mean() + F.softplus(-l_p).mean()
-            enc_loss = c * kl_term + feature_recon
+            enc_loss = cfg.beta * kl_weight * kl_term + feature_recon
             acc = ((l_real > 0).float().mean() + (logits[b:] < 0).float().mean()) / 2  # (float32, as train_step's)
             fake_bce = (fake_tilde + fake_p) / 2
             avg = mean or (lambda t: t)
@@ -452,10 +450,8 @@ class FastVAEGANStep(_HandDerived):
             a_params = self._mean_grad(a_x, params[:b], x_fake[:b])
             g_z = self._backward("d", self.dec, self.dec_act, [h[:b] for h in dec_hs], a_params, True,
                                  param_grads=False, tag="enc")
-            g_mu = g_z + mu * c_dims
-            g_logvar = (g_z * eps * std).mul_(0.5).add_((var_q - 1.0).mul_(0.5) * c_dims)
             self._checks = []
-            self._backward("e", self.enc, self.enc_act, enc_hs, torch.cat([g_mu, g_logvar], dim=1), need_input_grad=False)
+            self._encoder_backward_kl(g_z, mu, std, eps, c_dims, enc_hs)
             apply("encoder", enc_loss, self._check())
             if train_dec:  # the decoder: gamma * FR + the GAN loss, through x~ and x_p
                 g_logit = torch.sigmoid(logits[b:]).sub_(1.0).mul_(1.0 / b).unsqueeze(1)  # (2B, 1)
