@@ -4,6 +4,7 @@ trainer's batch composition and selection by validation accuracy."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -212,3 +213,31 @@ def test_few_labels_on_digits_beat_chance_and_select_by_accuracy():
 def test_m2_is_registered_with_labels_in_its_batch():
     assert M2.batch_fields == ("y",) and M2.selection_metric == "val_accuracy"
     assert isinstance(_model(), M2)
+
+
+def test_augment_keeps_only_samples_its_classifier_agrees_with(monkeypatch):
+    from vaekit.apps.generate import augment
+
+    m = _model()
+
+    def classify(x):  # a pseudo-random but deterministic class per image, about a third each
+        cls = (x.flatten(1)[:, 0] * 1e4).long() % K
+        return F.one_hot(cls, K).double() * 0.8 + 0.2 / K
+
+    monkeypatch.setattr(m, "classify", classify)
+    x, y = augment(m, 7, agree=True, seed=4)
+    assert x.shape == (3 * 7, 1, 4, 4) and y.tolist() == [0] * 7 + [1] * 7 + [2] * 7
+    assert (classify(torch.from_numpy(x)).argmax(1).numpy() == y).all()
+    x_all, y_all = augment(m, 7, seed=4)  # without the filter about two in three disagree
+    assert (classify(torch.from_numpy(x_all)).argmax(1).numpy() != y_all).sum() > 5
+    x2, _ = augment(m, 7, agree=True, seed=4)
+    np.testing.assert_array_equal(x, x2)  # seeded: the same examples again
+    x3, y3 = augment(m, 4, agree=True, classes=[2], seed=1)
+    assert y3.tolist() == [2] * 4 and (classify(torch.from_numpy(x3)).argmax(1) == 2).all()
+
+    monkeypatch.setattr(m, "classify", lambda x: F.one_hot(torch.zeros(len(x), dtype=torch.long), K).double())
+    with pytest.raises(UsageError, match="agreed with only 0 of .* class 1"):
+        augment(m, 3, agree=True)
+    cvae = build_model(ModelConfig(model="cvae", hidden=[8], latent_dim=2), DataSpec((1, 4, 4), "unit", K))
+    with pytest.raises(UsageError, match="its own classifier"):
+        augment(cvae, 3, agree=True)

@@ -69,6 +69,26 @@ def test_sample_label_is_conditional(runs, capsys, tmp_path):
     assert code == 0 and (tmp_path / "seven.png").exists(), err
 
 
+def test_sample_agree_keeps_only_what_the_runs_classifier_agrees_with(runs, capsys, tmp_path):
+    f = tmp_path / "agreed.npz"
+    code, stdout, err = cli(capsys, "sample", runs["m2"], "--per-class", "20", "--agree", "--out", f, "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["agree"] is True
+    d = np.load(f)
+    assert d["x"].shape == (200, 1, 8, 8) and (d["y"] == np.repeat(np.arange(10), 20)).all()
+    code, stdout, _ = cli(capsys, "classify", runs["m2"], "--input", f, "--out", tmp_path / "p.csv", "--json")
+    assert code == 0 and json.loads(stdout)["accuracy"] >= 0.99  # without --agree: > 0.3 (test above)
+    code, _, err = cli(capsys, "sample", runs["m2"], "--label", "4", "--n", "6", "--agree", "--out", tmp_path / "a.npy")
+    assert code == 0, err
+    code, stdout, _ = cli(capsys, "classify", runs["m2"], "--input", tmp_path / "a.npy", "--out", tmp_path / "q.csv",
+                          "--json")
+    assert code == 0 and json.loads(stdout)["predicted_counts"] == [0, 0, 0, 0, 6, 0, 0, 0, 0, 0]
+    bad = tmp_path / "never.npz"
+    code, _, err = cli(capsys, "sample", runs["m2"], "--agree", "--out", bad)
+    assert code == 2 and "--per-class N or --label L" in err and len(err.strip().splitlines()) == 1
+    assert not bad.exists()
+
+
 def test_m1_m2_maps_inputs_through_m1(runs, capsys, tmp_path):
     from vaekit.data.datasets import load_data
 

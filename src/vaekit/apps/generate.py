@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -76,7 +77,7 @@ def figure_samples(model: Any, test: Batch | None = None, *, n: int = 64, per_cl
 
 @torch.no_grad()
 def augment(run_or_model: Any, per_class: int, *, temperature: float = 1.0, seed: int | None = 0,
-            mean: bool | None = None, classes: Sequence[int] | None = None,
+            mean: bool | None = None, classes: Sequence[int] | None = None, agree: bool = False,
             device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """A labelled synthetic data set from a label-conditional model: (x, y) ready for a classifier.
 
@@ -87,6 +88,9 @@ def augment(run_or_model: Any, per_class: int, *, temperature: float = 1.0, seed
     for a bare model -- and y int64 (N,) class indices (names: ``apps.common.class_names``).
     ``mean`` (default: True for images, False for tables) as in :func:`sample`; flatten x with
     ``x.reshape(len(x), -1)`` for scikit-learn.
+    ``agree`` keeps only the examples that the model's own classifier q(y|x) labels as the class
+    they were drawn for (models with a classifier: M2), drawing more until every class has
+    ``per_class``: a label-noise filter for generated training data.
     """
     from .common import LoadedRun, open_run, to_original_units
 
@@ -100,11 +104,51 @@ def augment(run_or_model: Any, per_class: int, *, temperature: float = 1.0, seed
         raise UsageError(f"classes must be indices in 0..{k - 1}, got {classes}")
     if per_class < 1:
         raise UsageError(f"per_class must be at least 1, got {per_class}")
-    y = torch.tensor(chosen).repeat_interleave(int(per_class))
-    x = sample(model, len(y), y=y, temperature=temperature, seed=seed,
-               mean=model.spec.is_image if mean is None else mean)
+    mean = model.spec.is_image if mean is None else mean
+    if agree:
+        x, y = agreeing_samples(model, chosen, int(per_class), temperature=temperature, seed=seed, mean=mean)
+    else:
+        y = torch.tensor(chosen).repeat_interleave(int(per_class))
+        x = sample(model, len(y), y=y, temperature=temperature, seed=seed, mean=mean)
     xs = to_original_units(x, run.source) if isinstance(run, LoadedRun) else x.double().numpy()
     return xs.astype(np.float32), y.numpy()
+
+
+def agreeing_samples(model: Any, classes: list[int], per_class: int, *, temperature: float, seed: int | None,
+                      mean: bool, max_rounds: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` samples of each class that ``model.classify`` labels as that class, in class
+    order. Each round draws what is still missing divided by the agreement rate seen so far."""
+    if not hasattr(model, "classify"):
+        raise UsageError("keeping only the samples a model's own classifier agrees with needs a model with "
+                         "its own classifier (--model m2); this one has none: leave --agree / agree=True off")
+    kept: dict[int, list[torch.Tensor]] = {c: [] for c in classes}
+    have = dict.fromkeys(classes, 0)
+    drawn, agreed = dict.fromkeys(classes, 0), dict.fromkeys(classes, 0)
+    for r in range(max_rounds):
+        need = {c: per_class - have[c] for c in classes if have[c] < per_class}
+        if not need:
+            break
+        counts = {c: math.ceil(1.2 * m / max(agreed[c] / drawn[c] if drawn[c] else 0.5, 0.02)) + 8
+                  for c, m in need.items()}
+        y = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in counts.items()])
+        x = sample(model, len(y), y=y, temperature=temperature, seed=None if seed is None else seed + 7919 * r,
+                   mean=mean)
+        probs = torch.cat([model.classify(x[i:i + 1000].to(model.device, model.dtype)).cpu()
+                           for i in range(0, len(x), 1000)])
+        ok = probs.argmax(1) == y
+        for c, m in need.items():
+            good = x[(y == c) & ok]
+            drawn[c] += counts[c]
+            agreed[c] += len(good)
+            kept[c].append(good[:m])
+            have[c] += len(good[:m])
+    short = [c for c in classes if have[c] < per_class]
+    if short:
+        c = short[0]
+        raise UsageError(f"the model's classifier agreed with only {agreed[c]} of {drawn[c]} samples drawn for "
+                         f"class {c}; train the model longer or leave --agree / agree=True off")
+    return (torch.cat([torch.cat(kept[c]) for c in classes]),
+            torch.tensor(classes).repeat_interleave(per_class))
 
 
 @torch.no_grad()

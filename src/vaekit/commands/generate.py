@@ -10,7 +10,7 @@ import torch
 
 from ..apps.common import check_example_out, check_out, class_names, run_inputs, save_array, write_examples
 from ..apps.conditional import condition_field, label_name, per_class_labels, require_labels, run_label
-from ..apps.generate import reconstruct, sample, seeded
+from ..apps.generate import agreeing_samples, reconstruct, sample, seeded
 from ..errors import UsageError
 from ._shared import add_run_args, emit, open_from_args, positive
 
@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", type=int, default=None,
                    help="conditional runs: N of every class (a grid with one row per class; .npz/.csv/folder "
                         "keep the labels: a labelled synthetic data set)")
+    p.add_argument("--agree", action="store_true",
+                   help="with --per-class or --label, on a run with its own classifier (M2): keep only samples "
+                        "that classifier labels as the class asked for (fewer wrong labels in synthetic data)")
     p.add_argument("--input", default=None,
                    help="runs conditioned on attribute vectors or inputs: take the conditions from these "
                         "examples (default: the run's test split), cycled to --n")
@@ -68,9 +71,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run.dir / ("samples.png" if spec.is_image else "samples.csv")
     check_example_out(out, spec)
     mean = not args.draw and spec.is_image
-    x = sample(run.model, n, temperature=args.temperature, seed=args.seed, mean=mean, **cond)
+    if args.agree:
+        if args.per_class is None and args.label is None:
+            raise UsageError("--agree keeps the samples the run's classifier labels as asked: give it with "
+                             "--per-class N or --label L")
+        classes = labels.unique_consecutive().tolist()
+        x, _ = agreeing_samples(run.model, classes, n // len(classes), temperature=args.temperature,
+                                seed=args.seed, mean=mean)
+    else:
+        x = sample(run.model, n, temperature=args.temperature, seed=args.seed, mean=mean, **cond)
     write_examples(out, x, spec, run.source, labels, nrow=nrow)
-    res = {"out": str(out), "n": n, "temperature": args.temperature, "seed": args.seed, "draw": not mean}
+    res = {"out": str(out), "n": n, "temperature": args.temperature, "seed": args.seed, "draw": not mean,
+           "agree": args.agree}
     if labels is not None:
         names = class_names(run.source, spec.num_classes)
         res.update(label=None if args.label is None else names[int(labels[0])], per_class=args.per_class,
@@ -84,8 +96,9 @@ def _sample_sentences(run, args: argparse.Namespace, n: int) -> int:
     from ..data.text import ids_to_text
     from ..io import atomic_path
 
-    if args.label is not None or args.per_class is not None or args.input is not None:
-        raise UsageError("a text run samples sentences from the prior; --label, --per-class and --input do not apply")
+    if args.label is not None or args.per_class is not None or args.input is not None or args.agree:
+        raise UsageError("a text run samples sentences from the prior; --label, --per-class, --agree and --input "
+                         "do not apply")
     out = None if args.out is None else Path(args.out)
     if out is not None and (out.suffix.lower() != ".txt" or not out.parent.exists()):
         raise UsageError(f"--out {out}: sentences are written to a .txt file in an existing folder")
