@@ -121,11 +121,13 @@ def agreeing_samples(model: Any, classes: list[int], per_class: int, *, temperat
     if not hasattr(model, "classify"):
         raise UsageError("keeping only the samples a model's own classifier agrees with needs a model with "
                          "its own classifier (--model m2); this one has none: leave --agree / agree=True off")
+    from .classify import predict_proba
+
     kept: dict[int, list[torch.Tensor]] = {c: [] for c in classes}
-    have = dict.fromkeys(classes, 0)
     drawn, agreed = dict.fromkeys(classes, 0), dict.fromkeys(classes, 0)
     for r in range(max_rounds):
-        need = {c: per_class - have[c] for c in classes if have[c] < per_class}
+        need = {c: per_class - sum(map(len, kept[c])) for c in classes}
+        need = {c: m for c, m in need.items() if m > 0}
         if not need:
             break
         counts = {c: math.ceil(1.2 * m / max(agreed[c] / drawn[c] if drawn[c] else 0.5, 0.02)) + 8
@@ -133,16 +135,13 @@ def agreeing_samples(model: Any, classes: list[int], per_class: int, *, temperat
         y = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in counts.items()])
         x = sample(model, len(y), y=y, temperature=temperature, seed=None if seed is None else seed + 7919 * r,
                    mean=mean)
-        probs = torch.cat([model.classify(x[i:i + 1000].to(model.device, model.dtype)).cpu()
-                           for i in range(0, len(x), 1000)])
-        ok = probs.argmax(1) == y
+        ok = predict_proba(model, x).argmax(1) == y
         for c, m in need.items():
             good = x[(y == c) & ok]
             drawn[c] += counts[c]
             agreed[c] += len(good)
             kept[c].append(good[:m])
-            have[c] += len(good[:m])
-    short = [c for c in classes if have[c] < per_class]
+    short = [c for c in classes if sum(map(len, kept[c])) < per_class]
     if short:
         c = short[0]
         raise UsageError(f"the model's classifier agreed with only {agreed[c]} of {drawn[c]} samples drawn for "
