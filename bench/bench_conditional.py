@@ -223,7 +223,10 @@ def _generator_text(args: argparse.Namespace, aug: list[dict]) -> str:
 
 
 def _pm(v: list[float]) -> str:
-    return f"{100 * np.mean(v):.2f} ± {100 * np.std(v, ddof=1 if len(v) > 1 else 0):.2f}"
+    """Mean ± sd in percent; a single draw has no sd, so it is printed alone."""
+    if len(v) == 1:
+        return f"{100 * v[0]:.2f}"
+    return f"{100 * np.mean(v):.2f} ± {100 * np.std(v, ddof=1):.2f}"
 
 
 def table(gen: list[dict], aug: list[dict], args: argparse.Namespace, wall_s: float) -> str:
