@@ -114,6 +114,7 @@ def train_cvae(q: int, out: Path, args, hidden: list[int], latent: int):
     """vaekit's completion model for q quadrants given; returns the opened run and timing."""
     import vaekit
     from vaekit.apps.common import open_run
+    from vaekit.training.trainer import read_history
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -132,7 +133,7 @@ def train_cvae(q: int, out: Path, args, hidden: list[int], latent: int):
     except _OutOfTime:
         pass
     seconds = time.perf_counter() - t0
-    epochs = sum(1 for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip())
+    epochs = len(read_history(out))
     return open_run(out, device="cpu"), {"train_s": seconds, "epochs": epochs}
 
 

@@ -188,16 +188,15 @@ def augmentation_rows(args: argparse.Namespace) -> list[dict]:
 
 def _trained_generator(run_dir: Path, args: argparse.Namespace) -> tuple[torch.nn.Module, dict, Any]:
     """(model, {epochs, seconds}, its labelled training examples) of an M2 or M1+M2 run of this draw."""
-    import json
-
     from vaekit.apps.common import open_run, run_inputs
+    from vaekit.training.trainer import read_history
 
     if not (run_dir / "config.json").exists():
         raise SystemExit(f"{run_dir}: no run there; train it with bench/bench_semisupervised.py first")
     run = open_run(run_dir, device="cpu")
     train = run_inputs(run, split="train", data_dir=str(args.data_dir / "mnist"))
     real = train.select(torch.nonzero(train.y >= 0).flatten())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_history(run_dir)
     return run.model.eval(), {"epochs": len(rows), "seconds": sum(r["epoch_time_s"] for r in rows)}, real
 
 

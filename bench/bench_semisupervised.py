@@ -37,6 +37,7 @@ import vaekit  # noqa: E402
 from vaekit.apps.classify import predict_proba  # noqa: E402
 from vaekit.data.datasets import load_data  # noqa: E402
 from vaekit.models import ModelConfig, build_model  # noqa: E402
+from vaekit.training.trainer import read_history  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 METHODS = ("m2", "m1m2", "classifier", "labelspreading")
@@ -76,7 +77,7 @@ def train_budgeted(ds: str, out: Path, budget_s: float, **options) -> dict:
     except OutOfTime:
         pass
     wall = time.perf_counter() - t0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_history(out)
     return {"train_s": wall, "epochs": len(rows), "best_epoch": rows[-1]["best_epoch"] + 1,
             "samples_per_s": float(np.mean([r["samples_per_s"] for r in rows])), "rows": rows}
 

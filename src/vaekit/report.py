@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ import torch
 from .errors import UsageError
 from .io import write_json, write_text
 from .numerics import fork_rng
+from .training.trainer import read_history
 
 if TYPE_CHECKING:
     from .run import Run
@@ -145,8 +145,8 @@ def write_figures(run: "Run", res: dict[str, Any]) -> None:
     if callable(getattr(run.model, "complete", None)):  # completion models: strips instead of reconstructions/samples
         from .apps.complete import write_completion_figures
 
-        records = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        return write_completion_figures(run.dir, run.model, run.data.test.x, records, res, seed=run.config.train.seed)
+        return write_completion_figures(run.dir, run.model, run.data.test.x, read_history(run.dir), res,
+                                        seed=run.config.train.seed)
     model, d = run.model, run.dir
     if model.spec.kind == "tokens":  # sentences: samples.txt instead of pictures of token ids
         from .data.text import ids_to_text
@@ -155,8 +155,7 @@ def write_figures(run: "Run", res: dict[str, Any]) -> None:
             torch.manual_seed(run.config.train.seed)
             ids = model.generate_tokens(model.prior_sample(20), greedy=True)
         write_text(d / "samples.txt", "\n".join(ids_to_text(ids, None, run.data.source["vocab"], run.data.source["tokens"])) + "\n")
-        records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        fig.save_training_curves(d / "training_curves.png", records)
+        fig.save_training_curves(d / "training_curves.png", read_history(d))
         if "kl_per_dim" in res:
             fig.save_kl_per_dim(d / "kl_per_dim.png", res["kl_per_dim"], posterior_mean_var=res.get("posterior_mean_var"))
         return
@@ -169,7 +168,6 @@ def write_figures(run: "Run", res: dict[str, Any]) -> None:
         samples, _, nrow = figure_samples(model, run.data.test, seed=None)  # per class: one row each
         fig.save_samples(d / "samples.png", samples, kind=kind, reference=run.data.test.x[:500], nrow=nrow,
                          sequence=model.spec.is_sequence)
-    records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    fig.save_training_curves(d / "training_curves.png", records)
+    fig.save_training_curves(d / "training_curves.png", read_history(d))
     if "kl_per_dim" in res:  # (a model with no tractable q(z|x) has no KL term)
         fig.save_kl_per_dim(d / "kl_per_dim.png", res["kl_per_dim"], posterior_mean_var=res.get("posterior_mean_var"))

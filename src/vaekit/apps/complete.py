@@ -149,13 +149,14 @@ def build_completion_report(run: LoadedRun, test: Split, *, evaluation: dict[str
     """The completion run's page (default ``RUN/report.html``): its metrics (the conditional -ELBO and
     NLL of the missing part), training curves and completion strips of test examples."""
     from ..figures import save_training_curves
-    from .report_html import CSS, _img, _records, _summary_cards, model_settings, resolved_model_config
+    from ..training.trainer import read_history
+    from .report_html import CSS, _img, _summary_cards, model_settings, resolved_model_config
 
     d = run.dir
     out = Path(out) if out is not None else d / "report.html"
     if evaluation is None and (d / "evaluation.json").exists():
         evaluation = json.loads((d / "evaluation.json").read_text())
-    records = _records(d)
+    records = read_history(d)
     m, spec = resolved_model_config(run), run.spec
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)

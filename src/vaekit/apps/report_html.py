@@ -18,6 +18,7 @@ from ..data.datasets import Split
 from ..figures import _save_figure, save_image_grid, save_reconstructions, save_samples, save_training_curves
 from ..io import write_text
 from ..models.base import ModelConfig
+from ..training.trainer import read_history
 from .common import LoadedRun, class_names
 from .generate import figure_samples, reconstruct, seeded
 from .latent import embed, interpolate, map_2d
@@ -65,7 +66,7 @@ def _sections(run: LoadedRun, test: Split, tmp: Path) -> dict[str, Path | None]:
     """Render every figure the page needs into ``tmp`` (reusing the run's own PNGs when present)."""
     model, spec, d = run.model, run.spec, run.dir
     out: dict[str, Path | None] = {}
-    records = _records(d)
+    records = read_history(d)
     out["curves"] = d / "training_curves.png" if (d / "training_curves.png").exists() else (
         save_training_curves(tmp / "curves.png", records) if records else None)
     b = test[:MAP_POINTS]  # with labels / conditions: a conditional model reads them
@@ -172,13 +173,6 @@ def _model_line(run: LoadedRun) -> str:
     return " · ".join([m.model, *model_settings(run), *extra])
 
 
-def _records(d: Path) -> list[dict[str, Any]]:
-    p = d / "metrics.jsonl"
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-
-
 def _summary_cards(ev: dict[str, Any], records: list[dict[str, Any]]) -> str:
     cards = []
     if "elbo" in ev:
@@ -231,7 +225,7 @@ def build_report(run: LoadedRun, test: Split, *, evaluation: dict[str, Any] | No
         evaluation = json.loads((d / "evaluation.json").read_text())
     ev = evaluation or {}
     cfg, spec = run.config, run.spec
-    records = _records(d)
+    records = read_history(d)
     with tempfile.TemporaryDirectory() as t, torch.no_grad():
         figs = _sections(run, test, Path(t))
         model_line = _model_line(run)

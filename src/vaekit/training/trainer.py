@@ -83,6 +83,14 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr
 
 
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records a run's ``metrics.jsonl`` holds (what ``Trainer`` writes); [] without one."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def epoch_line(rec: dict[str, Any], epochs: int) -> str:
     """One short log line for a finished epoch (used when stderr is not a terminal)."""
     parts = [f"epoch {rec['epoch'] + 1}/{epochs}", f"loss {rec['train_loss']:.3f}"]
@@ -219,8 +227,7 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         path = self.run_dir / "metrics.jsonl"
         if path.exists():  # drop records of epochs after the checkpoint (an interrupted run)
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            self.history = [r for r in rows if r["epoch"] < self.state["epoch"]]
+            self.history = [r for r in read_history(self.run_dir) if r["epoch"] < self.state["epoch"]]
             if self.world.writes:
                 write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
 
