@@ -155,3 +155,43 @@ def test_resume_of_a_run_that_saved_nothing_starts_it(tmp_path, capsys):
     # without the data flag there is no run to start: one line, exit 2
     code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "none"), "--resume")
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+_SIGTERM_IN_A_FINALIZER = """
+import os, signal, sys, time, weakref
+from vaekit import cli
+
+def _terminate():
+    os.kill(os.getpid(), signal.SIGTERM)
+    sum(range(1000))  # Python runs the handler here, inside the finalizer
+
+class Closes:
+    def __del__(self):
+        _terminate()
+
+class Plain:
+    pass
+
+def _work(args):
+    if sys.argv[2] == "__del__":
+        Closes()  # collected at once: its __del__ sends the signal
+    else:
+        weakref.finalize(Plain(), _terminate)
+    time.sleep(20)  # a command that ran on would sleep here and exit 0
+    os._exit(0)
+
+cli._check_outputs_spare_inputs = _work
+sys.exit(cli.main(["train", "--data", "digits", "--out", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("finalizer", ["__del__", "weakref.finalize"])
+def test_sigterm_caught_inside_a_finalizer_still_stops_the_command_with_one_line(tmp_path, finalizer):
+    """A finalizer (a progress bar's __del__) swallows exceptions, so a SIGTERM that Python handles
+    inside one must not be lost or print 'Exception ignored ... Traceback'."""
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", _SIGTERM_IN_A_FINALIZER, str(tmp_path / "run"), finalizer], env=ENV, capture_output=True, text=True,
+                       timeout=60)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], r.stderr
+    assert time.monotonic() - started < 15

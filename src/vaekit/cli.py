@@ -340,7 +340,9 @@ def _other_rank_says_it(e: Exception) -> bool:
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    from .training.interrupt import raise_interrupt
+
+    raise_interrupt(signum, frame)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,9 +4,58 @@ a checkpoint at the next batch boundary before it stops (a second signal stops a
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
+import sys
 import threading
 from typing import Any, Iterator
+
+#: how long a signal that arrived inside a finalizer waits before it is delivered again
+_REDELIVER_AFTER_S = 0.05
+
+
+def _in_finalizer(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _deliver_again(signum: int) -> None:
+    # from another thread, a moment later: by then the finalizer has returned, and the main thread's
+    # handler (whichever is installed then) sees the signal at an ordinary point of the program
+    # (a real signal aimed at the main thread, unlike _thread.interrupt_main, also wakes a blocking call)
+    timer = threading.Timer(_REDELIVER_AFTER_S, signal.pthread_kill, args=(threading.main_thread().ident, signum))
+    timer.daemon = True
+    timer.start()
+
+
+_raised: dict[int, int] = {}  # id of a KeyboardInterrupt raised by raise_interrupt -> its signal
+
+
+def _unraisable(unraisable: Any, *, previous: Any) -> None:
+    signum = _raised.pop(id(unraisable.exc_value), None)
+    if signum is None:
+        previous(unraisable)
+    else:  # swallowed by a finalizer our frame check did not recognise (a weakref callback, a generator)
+        _deliver_again(signum)
+
+
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """From a signal handler: stop the program with KeyboardInterrupt. Python runs handlers between
+    any two bytecodes, finalizers (``__del__``: a progress bar's, a file's) included, and an exception
+    raised there is printed as 'Exception ignored ...' and dropped; there the signal is delivered
+    again a moment later instead, so it neither prints a traceback nor is lost."""
+    if _in_finalizer(frame):
+        _deliver_again(signum)
+        return
+    if not isinstance(sys.unraisablehook, functools.partial) or sys.unraisablehook.func is not _unraisable:
+        sys.unraisablehook = functools.partial(_unraisable, previous=sys.unraisablehook)
+    error = KeyboardInterrupt()
+    _raised.clear()  # only the latest can still be in flight
+    _raised[id(error)] = signum
+    raise error
 
 
 class StopRequest:
@@ -17,7 +66,7 @@ class StopRequest:
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:  # asked twice: do not wait for the batch boundary
-            raise KeyboardInterrupt
+            raise_interrupt(signum, frame)
         self.requested = True
 
 
