@@ -182,3 +182,29 @@ def test_two_processes_train_the_hand_derived_aae_as_one_does(tmp_path):
     a, b = load_file(str(tmp_path / "two" / "last.safetensors")), load_file(str(tmp_path / "one" / "last.safetensors"))
     assert any(k.startswith("optim.discriminator.") for k in a)
     assert _max_diff(a, b, "model.") < 1e-4
+
+
+_SIGTERM_AS_A_LOST_PEER_UNWINDS = """
+import os, signal, sys, time
+from vaekit import cli
+from vaekit.training.distributed import World, raise_if_peer_lost
+
+def _work(args):
+    try:
+        raise_if_peer_lost(World(rank=0, size=2), RuntimeError("Connection reset by peer"))
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)  # the agent's SIGTERM to the processes left, as this one unwinds
+        time.sleep(0.5)
+
+cli._check_outputs_spare_inputs = _work
+sys.exit(cli.main(["train", "--data", "digits", "--out", sys.argv[1]]))
+"""
+
+
+def test_the_agents_sigterm_does_not_turn_a_lost_peer_into_interrupted(tmp_path):
+    """Rank 0 of a launched run whose peer died stays silent (the launcher says which process stopped)
+    with the lost peer's exit status, even when the agent's SIGTERM lands while it unwinds."""
+    env = {**_env(), "RANK": "0", "WORLD_SIZE": "2", "VAEKIT_LAUNCHER": "1"}
+    r = subprocess.run([sys.executable, "-c", _SIGTERM_AS_A_LOST_PEER_UNWINDS, str(tmp_path / "run")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.strip() == "", (r.returncode, r.stderr)

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
 from ..errors import TrainingError, UsageError, VaekitError
+from .interrupt import stopping_anyway
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -197,6 +198,7 @@ def raise_if_peer_lost(world: World, e: BaseException) -> None:
     lost = isinstance(e, getattr(dist, "DistBackendError", ())) or (
         isinstance(e, RuntimeError) and any(w in str(e).lower() for w in _PEER_LOST))
     if lost:
+        stopping_anyway()  # the agent's SIGTERM, arriving as this unwinds, must not turn it into "interrupted"
         raise PeerLost(f"process {world.rank} of {world.size}: another process of this run stopped, so this one "
                             "stops too; the last checkpoint (rank 0 writes it whole or not at all) is intact: continue "
                             "with the same command and --resume") from None

@@ -26,9 +26,15 @@ def _deliver_again(signum: int) -> None:
     # from another thread, a moment later: by then the finalizer has returned, and the main thread's
     # handler (whichever is installed then) sees the signal at an ordinary point of the program
     # (a real signal aimed at the main thread, unlike _thread.interrupt_main, also wakes a blocking call)
-    timer = threading.Timer(_REDELIVER_AFTER_S, signal.pthread_kill, args=(threading.main_thread().ident, signum))
+    timer = threading.Timer(_REDELIVER_AFTER_S, _signal_main_thread, args=(threading.main_thread().ident, signum))
     timer.daemon = True
-    timer.start()
+    with contextlib.suppress(RuntimeError):  # "can't create new thread at interpreter shutdown": it is ending anyway
+        timer.start()
+
+
+def _signal_main_thread(ident: int, signum: int) -> None:
+    with contextlib.suppress(OSError):  # the main thread is gone: nothing is left to stop
+        signal.pthread_kill(ident, signum)
 
 
 _raised: dict[int, int] = {}  # id of a KeyboardInterrupt raised by raise_interrupt -> its signal
@@ -42,11 +48,24 @@ def _unraisable(unraisable: Any, *, previous: Any) -> None:
         _deliver_again(signum)
 
 
+_stopping = False  # set by stopping_anyway()
+
+
+def stopping_anyway() -> None:
+    """This process is already stopping with its own message (a distributed run whose peer is gone:
+    the launcher says which process stopped and signals the others): from now on, a SIGTERM or Ctrl-C
+    that would raise KeyboardInterrupt is ignored instead of replacing that message with 'interrupted'."""
+    global _stopping
+    _stopping = True
+
+
 def raise_interrupt(signum: int, frame: Any) -> None:
     """From a signal handler: stop the program with KeyboardInterrupt. Python runs handlers between
     any two bytecodes, finalizers (``__del__``: a progress bar's, a file's) included, and an exception
     raised there is printed as 'Exception ignored ...' and dropped; there the signal is delivered
     again a moment later instead, so it neither prints a traceback nor is lost."""
+    if _stopping:
+        return
     if _in_finalizer(frame):
         _deliver_again(signum)
         return
