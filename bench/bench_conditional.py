@@ -122,7 +122,8 @@ def generation_rows(name: str, args: argparse.Namespace) -> dict:
     row = {"dataset": name, "classifier_test_acc": float((pred == d.test.y).float().mean()),
            "classifier_s": time.perf_counter() - t0}
     budget = args.budget_min * 60
-    cvae, row["cvae"] = train_model("cvae", d, args, epochs=args.epochs, budget_s=budget)
+    cvae, row["cvae"] = train_model("cvae", d, args, epochs=args.epochs, budget_s=budget,
+                                    conditional_prior=args.conditional_prior)
     vae, row["vae"] = train_model("vae", d, args, epochs=args.epochs, budget_s=budget)
     y = torch.arange(k).repeat_interleave(args.per_class)
     xs = sample(cvae, len(y), y=y, seed=args.seed)
@@ -236,7 +237,9 @@ def table(gen: list[dict], aug: list[dict], args: argparse.Namespace, wall_s: fl
              + (" -- QUICK SMOKE RUN, tiny sizes: numbers are not results" if args.quick else ""), "",
              ]
     if gen:
-        lines += [f"Models: {arch}, batch {args.batch_size}, at most {args.epochs} epochs / {args.budget_min:g} min each.",
+        prior = "a learned conditional prior p(z|c)" if args.conditional_prior else "the prior N(0, I)"
+        lines += [f"Models: {arch}, batch {args.batch_size}, at most {args.epochs} epochs / {args.budget_min:g} min each; "
+                  f"CVAE samples draw z from {prior}; reference CNN {args.clf_epochs} epochs.",
                   "", "| dataset | reference CNN test acc | CVAE samples labelled as asked (target) | classifier FD "
                   "CVAE | classifier FD VAE | CVAE epochs (min) | VAE epochs (min) | CVAE / VAE examples/s |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -280,6 +283,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=100, help="at most this many epochs per generative model")
     ap.add_argument("--budget-min", type=float, default=30.0, help="at most this many minutes per generative model")
+    ap.add_argument("--conditional-prior", action="store_true",
+                    help="the CVAE learns p(z|c) and its samples draw z from it (default: N(0, I))")
     ap.add_argument("--clf-epochs", type=int, default=4, help="epochs of the reference classifier")
     ap.add_argument("--per-class", type=int, default=1000, help="samples per class for accuracy and FD")
     ap.add_argument("--draws", type=int, default=5, help="label draws of the augmentation experiment (0: skip)")
