@@ -195,3 +195,20 @@ def test_sigterm_caught_inside_a_finalizer_still_stops_the_command_with_one_line
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], r.stderr
     assert time.monotonic() - started < 15
+
+
+def test_an_interrupt_while_an_error_is_reported_is_still_one_line_and_130(tmp_path, capsys, monkeypatch):
+    """A signal that lands while main() reports a bad input (inside its except clause) is caught as
+    an interrupt, not a traceback out of main()."""
+    from vaekit import cli as vaekit_cli
+
+    def interrupted(e):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vaekit_cli, "_other_rank_says_it", interrupted)
+    try:
+        code, _, err = run_cli(capsys, "train", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r"))
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main()")
+    assert code == 130 and err.strip().splitlines() == ["vaekit: interrupted; training progress is saved (continue "
+                                                         "with the same command and --resume)"]

@@ -361,12 +361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # like Ctrl-C: one line and exit 130, not a bare kill; the trainer's handler saves first
         previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        _check_outputs_spare_inputs(args)
-        return args.func(args)
-    except VaekitError as e:
-        if not _other_rank_says_it(e):
-            print(f"vaekit {args.command}: error: {e}", file=sys.stderr)
-        return e.exit_code
+        try:
+            _check_outputs_spare_inputs(args)
+            return args.func(args)
+        except VaekitError as e:  # (a Ctrl-C while this reports is still caught below, not a traceback)
+            if not _other_rank_says_it(e):
+                print(f"vaekit {args.command}: error: {e}", file=sys.stderr)
+            return e.exit_code
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) != 0:  # one process of a distributed run: rank 0 says it
             return 130
