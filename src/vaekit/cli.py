@@ -339,12 +339,6 @@ def _other_rank_says_it(e: Exception) -> bool:
     return e.exit_code == 2 and int(os.environ.get("RANK", "0")) != 0
 
 
-def _sigterm_as_interrupt(signum, frame) -> None:
-    from .training.interrupt import raise_interrupt
-
-    raise_interrupt(signum, frame)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
     import threading
@@ -359,7 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         # SIGTERM before the trainer installs its own handler (loading data, building the model) stops
         # like Ctrl-C: one line and exit 130, not a bare kill; the trainer's handler saves first
-        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        from .training.interrupt import raise_interrupt
+
+        previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         try:
             _check_outputs_spare_inputs(args)

@@ -37,15 +37,16 @@ def _signal_main_thread(ident: int, signum: int) -> None:
         signal.pthread_kill(ident, signum)
 
 
-_raised: dict[int, int] = {}  # id of a KeyboardInterrupt raised by raise_interrupt -> its signal
+_raised: tuple[int, int] | None = None  # (id, signal) of the latest KeyboardInterrupt raise_interrupt raised
 
 
 def _unraisable(unraisable: Any, *, previous: Any) -> None:
-    signum = _raised.pop(id(unraisable.exc_value), None)
-    if signum is None:
+    global _raised
+    if _raised is None or _raised[0] != id(unraisable.exc_value):
         previous(unraisable)
     else:  # swallowed by a finalizer our frame check did not recognise (a weakref callback, a generator)
-        _deliver_again(signum)
+        _deliver_again(_raised[1])
+        _raised = None
 
 
 _stopping = False  # set by stopping_anyway()
@@ -64,6 +65,7 @@ def raise_interrupt(signum: int, frame: Any) -> None:
     any two bytecodes, finalizers (``__del__``: a progress bar's, a file's) included, and an exception
     raised there is printed as 'Exception ignored ...' and dropped; there the signal is delivered
     again a moment later instead, so it neither prints a traceback nor is lost."""
+    global _raised
     if _stopping:
         return
     if _in_finalizer(frame):
@@ -72,8 +74,7 @@ def raise_interrupt(signum: int, frame: Any) -> None:
     if not isinstance(sys.unraisablehook, functools.partial) or sys.unraisablehook.func is not _unraisable:
         sys.unraisablehook = functools.partial(_unraisable, previous=sys.unraisablehook)
     error = KeyboardInterrupt()
-    _raised.clear()  # only the latest can still be in flight
-    _raised[id(error)] = signum
+    _raised = (id(error), signum)
     raise error
 
 
