@@ -10,14 +10,24 @@ T*(x, z) = log q(z|x) - log p(z) (the paper's proposition 1), and E_q[grad_phi T
 
 Adaptive contrast (``--adaptive-contrast on``, the default; section 4 of the paper): telling q
 from the prior is easy for T when q(z|x) is narrow, and a T that wins easily estimates the KL
-badly. Instead q is contrasted with r(z|x) = N(mu(x), sigma(x)^2), a Gaussian with q's own
-moments, and T is trained on normalised codes z~ = (z - mu(x)) / sigma(x) against N(0, I). Then
-KL(q || p) = E_q[T(x, z~)] + E_q[log r(z|x) - log p(z)], where T(x, z~) estimates the (small)
-log q~(z~|x) - log N(z~; 0, I) and the second part is exact. mu(x), sigma(x) are the mean and
-standard deviation of ``MOMENT_SAMPLES`` further draws of q(z|x) per example (m = 16: the moments'
-own noise blurs z~, which T then learns too; 16 keeps that small at the price of 16 passes of the
+badly. Instead q is contrasted with r(z|x) = N(mu(x), Sigma(x)), a Gaussian with q's own
+moments, and T is trained on normalised codes z~ = L(x)^-1 (z - mu(x)) (L L^T = Sigma) against
+N(0, I). Then KL(q || p) = E_q[T(x, z~)] + E_q[log r(z|x) - log p(z)], where T(x, z~) estimates the
+(small) log q~(z~|x) - log N(z~; 0, I) and the second part is exact. mu(x), Sigma(x) are the mean
+and covariance of ``MOMENT_SAMPLES`` further draws of q(z|x) per example (m = 16: the moments' own
+noise blurs z~, which T then learns too; 16 keeps that small at the price of 16 passes of the
 encoder's noise-dependent part, which is cheap because the part that reads x runs once), drawn
-apart from the z that is scored, so that r does not depend on z.
+apart from the z that is scored, so that r does not depend on z. Sigma is shrunk a little toward
+its diagonal (``COVARIANCE_SHRINK``), which keeps it full rank when m <= D.
+
+Why the full covariance and not the paper's diagonal sigma(x)^2: on MNIST (latent 8, 2.5 minutes)
+the diagonal version's q(z|x) collapsed onto a line -- its eight coordinates correlated +-1 within
+each posterior, one-sided along it -- which every diagonal normalisation leaves a line, so T told
+it from N(0, I) with accuracy 0.999 at logits near +14 / -19 and the encoder's KL signal was that
+of a saturated adversary. Whitening with the full covariance turns that line's thin directions into
+ones T sees at full scale, and the pathwise gradient of log r, Sigma^-1 (z - mu), pushes hardest
+along them. Measured (same seed and budget, AIS on 100 test images, paired): critic accuracy 0.89
+instead of 0.999, AIS NLL 1.9 +- 0.8 nats lower.
 
 One departure from the paper: mu(x) and sigma(x) are *detached* in the vae player's loss (the
 paper back-propagates through them). The decomposition holds for any r fixed given x, and with r
@@ -81,7 +91,8 @@ MIN_NOISE_DIM = 4  # the encoder's noise has max(latent_dim, this) dimensions
 CONV_WIDTH = 256  # --arch conv: width of the MLP after the conv stacks (encoder and adversary)
 CRITIC_HIDDEN = [256, 256]  # --arch mlp: the adversary's default widths
 DETACH_MOMENTS = True  # see the module docstring
-VAR_FLOOR = 1e-6  # added to the moment variance before the square root (a collapsed q stays finite)
+VAR_FLOOR = 1e-6  # added to the moment covariance's diagonal (a collapsed q stays finite)
+COVARIANCE_SHRINK = 0.1  # r(z|x)'s covariance: 0.9 x the draws' covariance + 0.1 x its diagonal (see the docstring)
 
 _NO_DENSITY = ("model 'avb' has an implicit q(z|x) (samples, no density), so importance-sampled likelihoods "
                "(--iw-samples, --score nll) are not defined for it; estimate -log p(x) with "
@@ -138,6 +149,20 @@ class Adversary(nn.Module):
         for lin in self.layers:
             h = self.act(lin(h))
         return self.out(h).squeeze(-1)
+
+
+def _moments(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (B, D) and Cholesky factor (B, D, D) of the covariance of ``draws`` (m, B, D), shrunk
+    by ``COVARIANCE_SHRINK`` toward its diagonal and floored by ``VAR_FLOOR`` (full rank even when
+    m <= D or q(z|x) has collapsed onto a line)."""
+    m, d = draws.shape[0], draws.shape[-1]
+    mu = draws.mean(0)
+    c = draws - mu
+    cov = torch.einsum("mbd,mbe->bde", c, c) / (m - 1)
+    var = torch.diagonal(cov, dim1=-2, dim2=-1)
+    eye = torch.eye(d, device=draws.device, dtype=draws.dtype)
+    cov = (1 - COVARIANCE_SHRINK) * cov + COVARIANCE_SHRINK * torch.diag_embed(var) + VAR_FLOOR * eye
+    return mu, torch.linalg.cholesky(cov)
 
 
 def _mlp_trunk(shape: tuple[int, ...], width: int) -> nn.Module:
@@ -220,12 +245,12 @@ class AVB(VAE):
         m = MOMENT_SAMPLES
         zs = self.draw(x, m + 1 + extra)
         z, moments = zs[m], zs[:m]  # r(z|x) is built from draws other than z
-        mu = moments.mean(0)
-        sigma = torch.sqrt(moments.var(0) + VAR_FLOOR)
+        mu, chol = _moments(moments)
         if DETACH_MOMENTS:
-            mu, sigma = mu.detach(), sigma.detach()
-        zt = (z - mu) / sigma
-        log_r = (standard_normal_log_prob(zt) - torch.log(sigma)).sum(-1)
+            mu, chol = mu.detach(), chol.detach()
+        zt = torch.linalg.solve_triangular(chol, (z - mu).unsqueeze(-1), upper=False).squeeze(-1)
+        log_det = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # log |Sigma|^(1/2)
+        log_r = standard_normal_log_prob(zt).sum(-1) - log_det
         return {"z": z, "t_in": zt, "log_rp": log_r - self.prior.log_prob(z), "all": zs}
 
     def _contrast(self, like: torch.Tensor) -> torch.Tensor:
