@@ -46,6 +46,15 @@ def test_training_learns_and_records_metadata(trained, digits):
     assert meta["vaekit_version"] and len(meta["dataset_fingerprint"]) == 32
 
 
+def test_training_inside_a_callers_no_grad(digits):
+    """A benchmark's torch.no_grad() around reference_feature_net (a cache miss trains the net)
+    must not turn training off: it raised in loss.backward()."""
+    with torch.no_grad():
+        net, meta = train_feature_net(digits, epochs=1, seed=1)
+        assert not torch.is_grad_enabled()  # the caller's mode is restored
+    assert meta["test_accuracy"] > 0.3
+
+
 def test_save_load_round_trip_gives_identical_outputs(trained, digits, tmp_path):
     net, meta = trained
     out = save_feature_net(tmp_path / "net", net, meta)

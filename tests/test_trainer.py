@@ -94,6 +94,19 @@ def test_training_improves_and_writes_checkpoints(tmp_path):
     assert all(k in hist[0] for k in ("train_elbo", "train_kl", "val_elbo", "samples_per_s", "kl_weight", "lr"))
 
 
+def test_training_inside_a_callers_no_grad_is_the_same_training():
+    """An evaluation script's torch.no_grad() around fit() must not turn the autograd step off
+    (it raised 'element 0 of tensors does not require grad' in the backward pass)."""
+    t = make_trainer(epochs=2, fast_path=False)
+    t.fit()
+    with torch.no_grad():
+        u = make_trainer(epochs=2, fast_path=False)
+        u.fit()
+    a, b, init = weights(t.model), weights(u.model), weights(make_trainer(epochs=2, fast_path=False).model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(b[k], init[k]) for k in b)  # it did train
+
+
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("where", ["loss", "grad"])
 def test_non_finite_steps_are_skipped_then_stop(tmp_path, fast, where):

@@ -75,7 +75,7 @@ def train_feature_net(data: Data, *, arch: str | None = None, epochs: int = REFE
     keep = data.train.y != UNLABELLED
     x, y = data.train.x[keep], data.train.y[keep]
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # trains under a caller's no_grad too
         torch.manual_seed(seed)
         try:
             net = build_feature_net(arch, shape, data.spec.num_classes)

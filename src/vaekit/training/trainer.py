@@ -411,7 +411,8 @@ class Trainer:
         self._last_save = time.monotonic()
         if self.step is None:
             self.step = self._choose_step()
-        with self._bar, float_mode(cfg.matmul_precision), stop_on_signals() as self._stop:
+        # enable_grad: a caller's torch.no_grad() (an evaluation script) must not turn training off
+        with self._bar, float_mode(cfg.matmul_precision), torch.enable_grad(), stop_on_signals() as self._stop:
             for epoch in range(self.state["epoch"], cfg.epochs):
                 if self.world.any(self._stop.requested, self.device):  # a signal during the last validation: that epoch is saved
                     raise KeyboardInterrupt
