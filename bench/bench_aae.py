@@ -68,6 +68,7 @@ def train_one(name: str, d: Data, args: argparse.Namespace) -> tuple[torch.nn.Mo
                 seed=args.seed, device="cpu")
     if model == "aae":
         opts["encoder"] = args.encoder
+        opts["phases"] = args.phases
         if args.critic_hidden:
             opts["critic_hidden"] = args.critic_hidden
     return train_within(opts, d, args.budget_min * 60.0, args.seed)
@@ -165,6 +166,7 @@ def main() -> int:
     ap.add_argument("--hidden", type=int, default=400)
     ap.add_argument("--latent-dim", type=int, default=20, help="latent size of the standard-normal runs")
     ap.add_argument("--encoder", default="deterministic", help="the AAE's encoder: deterministic | gaussian")
+    ap.add_argument("--phases", default="paper", help="the AAE's schedule: paper | joint (vaekit train --phases)")
     ap.add_argument("--critic-hidden", default=None, help="the AAE's discriminator widths (default vaekit's: 1000,1000)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -193,7 +195,7 @@ def main() -> int:
         grid = f"aae-samples-{name}.png"
         save_samples(args.results / grid, res.pop("samples"), kind=d.spec.kind, nrow=8)
         rows[name] = {"model": model_name, "prior": prior, "latent_dim": 2 if two_d else args.latent_dim,
-                      **({"encoder": args.encoder} if model_name == "aae" else {}), "budget_min": args.budget_min,
+                      **({"encoder": args.encoder, "phases": args.phases} if model_name == "aae" else {}), "budget_min": args.budget_min,
                       "train_examples": len(d.train), **timing, **res, "grid": grid, "features": describe(meta),
                       "feature_net": str(ref_dir), "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv)}
         print(json.dumps({k: v for k, v in rows[name].items() if k not in ("command", "features")}), file=sys.stderr)
