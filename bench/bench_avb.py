@@ -187,8 +187,7 @@ def main() -> int:
         real = embed_all(ref, d.test.x[:args.n_samples])
         for name in runs:
             print(f"mnist {name}: training for at most {args.budget_min} min", file=sys.stderr)
-            with torch.enable_grad():
-                model, timing = train_one(name, d, args)
+            model, timing = train_one(name, d, args)  # Trainer.fit enables grad itself
             res = score(model, d, ref, real, args)
             rows[name] = {"model": name, "latent_dim": args.latent_dim, "budget_min": args.budget_min,
                           "train_examples": len(d.train), **timing, **res, "ais_n": min(args.ais_n, len(d.test)),

@@ -29,11 +29,11 @@ ones T sees at full scale, and the pathwise gradient of log r, Sigma^-1 (z - mu)
 along them. Measured (same seed and budget, AIS on 100 test images, paired): critic accuracy 0.89
 instead of 0.999, AIS NLL 1.9 +- 0.8 nats lower.
 
-One departure from the paper: mu(x) and sigma(x) are *detached* in the vae player's loss (the
+One departure from the paper: mu(x) and Sigma(x) are *detached* in the vae player's loss (the
 paper back-propagates through them). The decomposition holds for any r fixed given x, and with r
 fixed the gradient along the sample path is the right one when T is optimal, because
 log q(z|x) - log r(z|x) = log q~(z~|x) - log N(z~; 0, I) for the normalised codes. Through the
-moments, the exact -log sigma(x) in log r rewards spreading q while T, which sees only
+moments, the exact -log |Sigma(x)|^(1/2) in log r rewards spreading q while T, which sees only
 normalised codes, learns the concentration this hides only slowly: on the bimodal toy of
 tests/avb_toy.py the encoder exploited that with rare far outliers (variance 30-50 against the
 posterior's 0.6-3.4), and with detached moments it matches the posterior (``DETACH_MOMENTS``).
@@ -85,7 +85,7 @@ from .vae import VAE
 MODEL_OPTIONS["adaptive_contrast"].add("avb")
 MODEL_OPTIONS["critic_hidden"].add("avb")
 
-MOMENT_SAMPLES = 16  # m: draws of q(z|x) per example behind mu(x), sigma(x) of adaptive contrast
+MOMENT_SAMPLES = 16  # m: draws of q(z|x) per example behind mu(x), Sigma(x) of adaptive contrast
 ENCODE_SAMPLES = 64  # draws behind encode()'s mean and variance (codes for maps, interpolations)
 MIN_NOISE_DIM = 4  # the encoder's noise has max(latent_dim, this) dimensions
 CONV_WIDTH = 256  # --arch conv: width of the MLP after the conv stacks (encoder and adversary)
