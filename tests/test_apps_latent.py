@@ -181,3 +181,16 @@ def test_tables_are_written_back_in_original_units(tmp_path):
     with pytest.raises(UsageError, match="image"):
         write_examples(tmp_path / "s.png", x, r.spec, r.source)
     assert not (tmp_path / "s.png").exists()
+
+
+def test_score_histogram_leaves_out_non_finite_scores(tmp_path):
+    # a model whose ELBO overflowed for some examples (NaN / inf scores) crashed the report's
+    # histogram at the end of training (numpy: "autodetected range of [nan, nan] is not finite")
+    from vaekit.apps.report_html import _score_histogram
+
+    scores = np.array([1.0, 2.0, np.nan, 3.0, np.inf, 2.5])
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    out = _score_histogram(tmp_path / "h.png", scores, labels, ["a", "b"])
+    assert out is not None and out.stat().st_size > 1000
+    assert _score_histogram(tmp_path / "none.png", np.full(4, np.nan), None, []) is None
+    assert not (tmp_path / "none.png").exists()

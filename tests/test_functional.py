@@ -34,6 +34,23 @@ def test_gaussian_log_prob_matches_scipy():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_gaussian_log_prob_at_the_mean_with_underflowed_sigma():
+    # An AAE's Gaussian encoder (no KL in its objective) drove logvar to -238 on MNIST: sigma
+    # underflows float32, its samples equal mu exactly, and (z - mu) / sigma was 0 / 0 = NaN.
+    mu = torch.tensor([0.3, 0.3, -1.2], requires_grad=True)
+    logvar = torch.tensor([-238.0, -1.0, -90.0], requires_grad=True)
+    z = mu.detach() + torch.randn(3) * torch.exp(0.5 * logvar.detach())
+    assert z[0] == mu[0] and z[2] == mu[2]  # the noise is lost below float32's range
+    lp = gaussian_log_prob(z, mu, logvar)
+    assert torch.isfinite(lp).all()
+    torch.testing.assert_close(lp[[0, 2]], -0.5 * (math.log(2 * math.pi) + logvar[[0, 2]].detach()))
+    lp.sum().backward()
+    assert torch.isfinite(mu.grad).all() and torch.isfinite(logvar.grad).all()
+    torch.testing.assert_close(logvar.grad[[0, 2]], torch.tensor([-0.5, -0.5]))
+    # away from the mean a vanishing sigma gives density 0 (log -inf), not NaN
+    assert gaussian_log_prob(torch.tensor(0.5), torch.tensor(0.3), torch.tensor(-238.0)) == -math.inf
+
+
 def test_log_mean_exp_and_iwae_bound():
     lw = torch.randn(7, 5, dtype=torch.float64) * 30  # large spread: naive exp would overflow/underflow
     want = torch.log(torch.exp(lw - lw.max(0).values).mean(0)) + lw.max(0).values

@@ -44,8 +44,15 @@ def _card(value: str, label: str) -> str:
     return f"<div class=card><b>{html.escape(value)}</b><span>{html.escape(label)}</span></div>"
 
 
-def _score_histogram(path: Path, scores: np.ndarray, labels: np.ndarray | None, names: list[str]) -> Path:
-    """-ELBO per test example; the 95th percentile marks the top 5 % as candidate anomalies."""
+def _score_histogram(path: Path, scores: np.ndarray, labels: np.ndarray | None, names: list[str]) -> Path | None:
+    """-ELBO per test example; the 95th percentile marks the top 5 % as candidate anomalies.
+    Non-finite scores (a model whose ELBO overflowed) are left out and counted in the title; None
+    when no score is finite."""
+    finite = np.isfinite(scores)
+    left_out = int((~finite).sum())
+    if not finite.any():
+        return None
+    scores, labels = scores[finite], (labels[finite] if labels is not None else None)
     fig = Figure(figsize=(7, 3.6), layout="constrained")
     ax = fig.subplots()
     bins = np.histogram_bin_edges(scores, 40)
@@ -58,7 +65,8 @@ def _score_histogram(path: Path, scores: np.ndarray, labels: np.ndarray | None, 
     thr = float(np.quantile(scores, 0.95))
     ax.axvline(thr, color="C3", ls="--", label="95th percentile")
     ax.set(xlabel="anomaly score: -ELBO (nats per example)", ylabel="examples",
-           title=f"anomaly scores of {len(scores)} test examples (dashed: 95th percentile {thr:.1f})")
+           title=f"anomaly scores of {len(scores)} test examples (dashed: 95th percentile {thr:.1f})"
+           + (f"; {left_out} non-finite left out" if left_out else ""))
     return _save_figure(path, fig)
 
 
@@ -98,7 +106,7 @@ def _sections(run: LoadedRun, test: Split, tmp: Path) -> dict[str, Path | None]:
         kind = "elbo" if getattr(model, "has_elbo", True) else "recon"
         scores = per_example_scores(model, b, kind=kind, seed=run.config.train.seed).numpy()
         out["hist"] = _score_histogram(tmp / "hist.png", scores, y, names)
-        top = np.argsort(-scores)[:8]
+        top = np.argsort(-np.where(np.isfinite(scores), scores, -np.inf))[:8]  # non-finite last
         out["top"] = save_image_grid(tmp / "top.png", x[top], nrow=8, kind=spec.kind) if spec.is_image else None
     if spec.kind == "tokens":  # sentences: shown as text, decoded greedily from z
         _sentences(run, b, out)

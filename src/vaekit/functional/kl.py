@@ -27,8 +27,16 @@ def kl_normal_normal(mu_q: torch.Tensor, logvar_q: torch.Tensor, mu_p: torch.Ten
 
 @float32_terms
 def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Elementwise log N(x; mu, exp(logvar)) in nats (broadcasting)."""
-    return -0.5 * (_LOG_2PI + logvar + (x - mu) ** 2 * torch.exp(-logvar))
+    """Elementwise log N(x; mu, exp(logvar)) in nats (broadcasting).
+
+    Finite for every finite logvar where x == mu: an encoder with no KL in its objective (the
+    adversarial autoencoder's Gaussian one) can drive logvar below -177, where 1/sigma overflows
+    float32 and its samples z = mu + sigma * eps equal mu exactly; (x - mu)/sigma is then 0/0.
+    The residual is taken as 0 there (its limit), without a NaN in the gradient either."""
+    d = x - mu
+    # where x == mu, 1/sigma is computed at logvar 0 instead (r is 0 either way): no inf * 0
+    r = d * torch.exp(-0.5 * torch.where(d == 0, torch.zeros_like(logvar), logvar))
+    return -0.5 * (_LOG_2PI + logvar + r * r)
 
 
 @float32_terms

@@ -32,6 +32,11 @@ Codes: ``--encoder deterministic`` (z = mu, the encoder's log-variance head is u
 q(z|x), so the run reports the ELBO under the prior (the KL is analytic for N(0, I), Monte Carlo
 for the ring) -- an AAE is not trained on it, so it is a score, not its objective; a deterministic
 encoder has none, and its evaluation reports the reconstruction and the codes' statistics.
+Nothing in the objective holds sigma up but the discriminator: under the paper's phases on MNIST
+(ring prior, latent 2) the reconstruction drove log sigma^2 to -50..-240 within 8 epochs, so the
+samples equal mu in float32 and the reported KL (about -log sigma per dimension) runs to
+hundreds of nats: the ELBO is then an honest but poor score (it was NaN before
+``gaussian_log_prob`` handled z == mu with sigma underflowed).
 
 Departures from the paper (MNIST: SGD with momentum, 2 x 1000 ReLU nets, fixed learning rates):
 Adam for all three players at the run's --lr (the discriminator and generator with betas
