@@ -126,6 +126,27 @@ class ImplicitEncoder(nn.Module):
             h = self.act(lin(h) + noise(eps))
         return self.out(h)
 
+    @torch.no_grad()
+    def tail_no_grad(self, h: torch.Tensor, eps: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """``tail(h, eps)`` without a graph (the draws behind adaptive contrast's detached moments):
+        a few draws at a time, so the (draws, B, width) activations stay in cache, with in-place
+        additions and activations; the same values as ``tail``."""
+        out = h.new_empty(eps.shape[0], h.shape[0], self.out.out_features)
+        for i in range(0, eps.shape[0], chunk):
+            e = eps[i:i + chunk]
+            a = self._act_(self.noise_in[0](e).add_(h))
+            for lin, noise in zip(self.layers, self.noise_in[1:]):
+                a = self._act_(lin(a).add_(noise(e)))
+            out[i:i + chunk] = self.out(a)
+        return out
+
+    def _act_(self, a: torch.Tensor) -> torch.Tensor:
+        if type(self.act) is nn.ReLU:
+            return a.clamp_min_(0.0)
+        if type(self.act) is nn.Tanh:
+            return a.tanh_()
+        return self.act(a)
+
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
         if eps is None:
             raise UsageError(_NO_GAUSSIAN)
@@ -216,11 +237,21 @@ class AVB(VAE):
                 "vae": {"params": [p for p in self.parameters() if id(p) not in ids]}}
 
     # -- q(z|x) ------------------------------------------------------------------------------------
-    def draw(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """n draws of z ~ q(z|x) per example: (n, B, D), carrying gradients to the encoder."""
+    def draw(self, x: torch.Tensor, n: int, graph: int | None = None) -> torch.Tensor:
+        """n draws of z ~ q(z|x) per example: (n, B, D), carrying gradients to the encoder -- all of
+        them, or with ``graph=i`` only draw i (the others computed without a graph: adaptive
+        contrast's moment draws are detached, and a graph through all m + 1 made the backward pass
+        m + 1 times the encoder tail's work for gradients that are zero). The same noise and
+        values either way."""
         h = self.encoder.features(x)
         eps = torch.randn(n, len(x), self.noise_dim, device=h.device, dtype=h.dtype)
-        return self.encoder.tail(h, eps)
+        if not torch.is_grad_enabled():
+            return self.encoder.tail_no_grad(h, eps)
+        if graph is None:
+            return self.encoder.tail(h, eps)
+        z = self.encoder.tail(h, eps[graph:graph + 1])
+        rest = self.encoder.tail_no_grad(h.detach(), torch.cat([eps[:graph], eps[graph + 1:]]))
+        return torch.cat([rest[:graph], z, rest[graph:]])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log variance of q(z|x) from ``ENCODE_SAMPLES`` draws: (B, D) each. q need not be
@@ -243,7 +274,7 @@ class AVB(VAE):
             z = zs[0]
             return {"z": z, "t_in": z, "log_rp": z.new_zeros(len(x)), "all": zs}
         m = MOMENT_SAMPLES
-        zs = self.draw(x, m + 1 + extra)
+        zs = self.draw(x, m + 1 + extra, graph=m if DETACH_MOMENTS else None)
         z, moments = zs[m], zs[:m]  # r(z|x) is built from draws other than z
         mu, chol = _moments(moments)
         if DETACH_MOMENTS:
