@@ -419,8 +419,13 @@ class FastVAEGANStep(_HandDerived):
             z_p = m.prior.sample(b, device=x.device, dtype=x.dtype)
             params, dec_hs = self._forward("d", self.dec, self.dec_act, torch.cat([z, z_p]))  # (2B, N)
             recon = -m.likelihood.log_prob(params[:b].view(b, 1, *x.shape[1:]), x).mean()
-            x_fake = torch.sigmoid(params) if self.sigma is None else params  # [x~; x_p]
-            logits, dis_hs = self._forward("c", self.dis, self.dis_act, torch.cat([xf, x_fake]))  # (3B, 1)
+            # the discriminator's input [x; x~; x_p] in one persistent buffer, the decoder's means
+            # written straight into it (no concatenated copy per step)
+            dis_in = self._buf("cx", (3 * b, xf.shape[1]), xf)
+            dis_in[:b].copy_(xf)
+            x_fake = dis_in[b:]  # [x~; x_p]
+            torch.sigmoid(params, out=x_fake) if self.sigma is None else x_fake.copy_(params)
+            logits, dis_hs = self._forward("c", self.dis, self.dis_act, dis_in)  # (3B, 1)
             logits = logits[:, 0]
             l_real, l_tilde, l_p = logits[:b], logits[b:2 * b], logits[2 * b:]
             f = dis_hs[k].to(logits.dtype)  # (float32 also under bfloat16 matmuls)
