@@ -174,3 +174,26 @@ def test_evaluate_splits_the_kl_into_z_dimensions_and_the_class(runs, capsys):
     res = json.loads(stdout)
     assert code == 0 and len(res["kl_per_dim"]) == 4 and res["kl_extra"] > 0
     assert sum(res["kl_per_dim"]) + res["kl_extra"] == pytest.approx(res["kl"], rel=1e-4)
+
+
+def test_m2_on_data_with_unlabelled_examples_in_every_split(tmp_path, capsys):
+    # y = -1 (scikit-learn's "unlabelled") in an .npz: the test split keeps unlabelled examples, and
+    # the end-of-training report and `reconstruct` decoded them with label -1 ("labels must be ...
+    # class indices", exit 2 after training, the run left without its report)
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    y = d.target.astype(np.int64)
+    y[1::2] = -1
+    np.savez(tmp_path / "semi.npz", x=(d.images / 16.0).astype(np.float32), y=y)
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "semi.npz", "--model", "m2", "--epochs", "2",
+                       "--hidden", "32", "--latent-dim", "4", "--out", run, "--quiet")
+    assert code == 0, err
+    assert (run / "report.html").exists() and (run / "evaluation.json").exists()
+    code, stdout, err = cli(capsys, "reconstruct", run, "--out", tmp_path / "rec.png", "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["n"] > 0 and (tmp_path / "rec.png").exists()
+    code, stdout, _ = cli(capsys, "classify", run, "--json")
+    res = json.loads(stdout)
+    assert code == 0 and 0 < res["n_labelled"] < res["n"]  # accuracy over the labelled ones only

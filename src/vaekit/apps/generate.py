@@ -150,6 +150,18 @@ def agreeing_samples(model: Any, classes: list[int], per_class: int, *, temperat
             torch.tensor(classes).repeat_interleave(per_class))
 
 
+def known_labels(model: Any, x: torch.Tensor, cond: dict[str, Any]) -> dict[str, Any]:
+    """``cond`` with unlabelled examples' labels (-1) replaced by the class the model's own q(y|x)
+    finds most likely, for a model that has one (M2: ``fill_labels``); as given otherwise. A
+    semi-supervised run's data keeps its unlabelled examples in every split, and decoding needs a
+    class for each."""
+    fill = getattr(model, "fill_labels", None)
+    if fill is None or cond.get("y") is None:
+        return cond
+    dev = getattr(model, "device", x.device)
+    return {**cond, "y": fill(x.to(dev), torch.as_tensor(cond["y"]).to(dev))}
+
+
 @torch.no_grad()
 def reconstruct(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -164,7 +176,8 @@ def reconstruct(model: Any, x: torch.Tensor | Batch, *, batch_size: int = 1000
     x_hat, sq, nll = [], [], []
     for i in range(0, len(b), batch_size):
         part = b[i:i + batch_size].to(model.device)
-        xb, cond = part.x, model_inputs(model, part)
+        xb = part.x
+        cond = known_labels(model, xb, model_inputs(model, part))
         if getattr(model, "autoregressive", False):  # sequences: one-step-ahead means, teacher-forced by x
             mu, _ = model.encode(xb, **cond)
             xh, nl = model.reconstruct(xb, **cond), -model.log_likelihood(xb, mu, **cond)

@@ -20,7 +20,7 @@ from ..io import write_text
 from ..models.base import ModelConfig
 from ..training.trainer import read_history
 from .common import LoadedRun, class_names
-from .generate import figure_samples, reconstruct, seeded
+from .generate import figure_samples, known_labels, reconstruct, seeded
 from .latent import embed, interpolate, map_2d
 from .plots import save_confusion_matrix, save_frames, save_latent_map
 
@@ -96,7 +96,8 @@ def _sections(run: LoadedRun, test: Split, tmp: Path) -> dict[str, Path | None]:
         out["map"] = save_latent_map(tmp / "map.png", coords, labels=y, names=names, axes_label=axes,
                                      title=f"latent map of {len(mu)} test examples")
         j = next((i for i in range(1, len(x)) if y is None or y[i] != y[0]), min(1, len(x) - 1))
-        ends = {f: (getattr(b, f)[0:1], getattr(b, f)[j:j + 1]) for f in cond}
+        fields = known_labels(model, x[[0, j]], {f: getattr(b, f)[[0, j]] for f in cond})  # (M2: -1 filled)
+        ends = {f: (v[0:1], v[1:2]) for f, v in fields.items()}
         frames = interpolate(model, x[0], x[j], steps=10, cond_from={f: v[0] for f, v in ends.items()} or None,
                              cond_to={f: v[1] for f, v in ends.items()} or None)
         out["interp"] = save_frames(tmp / "interp.png", frames, spec)

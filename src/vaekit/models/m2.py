@@ -175,8 +175,10 @@ class M2(BaseModel):
             raise UsageError(f"labels must be {n} class indices in 0..{self.num_classes - 1}")
         return y
 
-    def _known(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Labels (B,) for x: y where given, the class q(y|x) finds most likely where y is -1 or None."""
+    def fill_labels(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Labels (B,) for x: y where given, the class q(y|x) finds most likely where y is -1
+        (unlabelled) or None. ``decode`` needs a class for every row; callers that decode what they
+        encoded with the data's labels fill them first (``apps.generate.known_labels``)."""
         if y is None:
             return self.classifier(x).argmax(-1)
         y = torch.as_tensor(y, device=x.device)
@@ -196,7 +198,7 @@ class M2(BaseModel):
         finds most likely. Without y: the Gaussian with the mean and variance of the mixture
         sum_y q(y|x) q(z|x,y) (the style of x whatever its class)."""
         if y is not None:
-            y = self._known(x, y)
+            y = self.fill_labels(x, y)
             mu, logvar = self.enc_rest(self.enc_x(x) + self.enc_y(y)).chunk(2, dim=-1)
             return mu, logvar
         q = self.classify(x).T.unsqueeze(-1)  # (K, B, 1)
@@ -342,6 +344,6 @@ class M2(BaseModel):
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder mean at z = E[z|x,y] with y the given labels or, where none is given (or -1),
         the class q(y|x) finds most likely: (B, *spec.shape)."""
-        y = self._known(x, y)
+        y = self.fill_labels(x, y)
         mu, _ = self.encode(x, y)
         return self.decode_mean(mu, y)
