@@ -197,3 +197,26 @@ def test_m2_on_data_with_unlabelled_examples_in_every_split(tmp_path, capsys):
     code, stdout, _ = cli(capsys, "classify", run, "--json")
     res = json.loads(stdout)
     assert code == 0 and 0 < res["n_labelled"] < res["n"]  # accuracy over the labelled ones only
+
+
+def test_classify_refuses_classes_the_run_does_not_have(runs, capsys, tmp_path):
+    # a folder "3" / "seven" was silently re-numbered by its own order (seven -> 1), so the
+    # accuracy compared predictions against the wrong classes
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for name, digit in (("3", 3), ("seven", 7)):
+        (tmp_path / "in" / name).mkdir(parents=True)
+        for i, img in enumerate(d.images[d.target == digit][:3]):
+            Image.fromarray((img * 255 / 16).astype(np.uint8)).save(tmp_path / "in" / name / f"{i}.png")
+    out = tmp_path / "p.csv"
+    code, stdout, err = cli(capsys, "classify", runs["m2"], "--input", tmp_path / "in", "--out", out, "--json")
+    assert code == 2 and "'seven' are not classes of this run" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    (tmp_path / "in" / "seven").rename(tmp_path / "in" / "7")
+    code, stdout, _ = cli(capsys, "classify", runs["m2"], "--input", tmp_path / "in", "--out", out, "--json")
+    res = json.loads(stdout)
+    assert code == 0 and res["n_labelled"] == 6 and res["accuracy"] > 0.3
+    with open(out) as f:
+        assert [r["label"] for r in csv.DictReader(f)] == ["3"] * 3 + ["7"] * 3

@@ -126,3 +126,72 @@ def test_labelled_first_order_puts_labels_in_every_batch():
     for i in range(0, len(order), 64):
         b = order[i:i + 64]
         assert int(labelled[b].sum()) == 8 and len(b) <= 64
+
+
+def _png_folder(root, classes, n=6, size=8, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray((rng.random((size, size)) * 255).astype(np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_labels_per_class_names_the_smallest_class():
+    y = torch.tensor([0] * 9 + [1] * 4 + [2] * 6)
+    with pytest.raises(UsageError, match=r"class 1 has .*\(4, the fewest of any class\); use at most 4"):
+        hide_labels(y, 7, 0)
+    assert (hide_labels(y, 4, 0) >= 0).sum() == 12
+
+
+def test_folder_names_are_classes_as_written(tmp_path):
+    # "01" and "1" were both read as the number 1 (one class), and "-1" as "unlabelled"
+    d = load_data(str(_png_folder(tmp_path / "a", ["01", "1", "10", "2"])), val_fraction=0.2, test_fraction=0.2)
+    assert d.source["classes"] == ["1", "2", "10", "01"] and d.spec.num_classes == 4
+    d = load_data(str(_png_folder(tmp_path / "b", ["-1", "0", "1"])), val_fraction=0.2, test_fraction=0.2)
+    assert d.source["classes"] == ["-1", "0", "1"] and bool((d.train.y >= 0).all())
+
+
+def test_new_inputs_take_the_run_classes_by_name(tmp_path):
+    d = load_data(str(_png_folder(tmp_path / "train", ["cat", "dog", "owl"])), val_fraction=0.2, test_fraction=0.2)
+    new = _png_folder(tmp_path / "new", ["owl", "dog"], n=2, seed=1)
+    s = load_inputs(str(new), d.spec, d.source)
+    assert s.y.tolist() == [1, 1, 2, 2]  # dog, dog, owl, owl: the run's indices, not the folder's own order
+    odd = _png_folder(tmp_path / "odd", ["owl", "seven"], n=2, seed=2)
+    assert load_inputs(str(odd), d.spec, d.source).y.tolist() == [2, 2, 3, 3]  # a new class after the run's
+    with pytest.raises(DataError, match="'seven' are not classes of this run"):
+        load_inputs(str(odd), d.spec, d.source, labels="run")
+    # a run whose classes are the numbers 0..9 (named datasets): folders "3" and "7" are those classes
+    digits = load_data("digits")
+    from PIL import Image
+
+    for c in ("3", "7"):
+        (tmp_path / "dig" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "dig" / c / "a.png")
+    assert load_inputs(str(tmp_path / "dig"), digits.spec, digits.source).y.tolist() == [3, 7]
+
+
+def test_one_image_file_is_one_input(tmp_path):
+    from PIL import Image
+
+    d = load_data(str(_png_folder(tmp_path / "train", ["a", "b"])), val_fraction=0.2, test_fraction=0.2)
+    Image.fromarray(np.full((16, 12, 3), 200, np.uint8)).save(tmp_path / "one.jpg")  # RGB, another size
+    s = load_inputs(str(tmp_path / "one.jpg"), d.spec, d.source)
+    assert s.x.shape == (1, *d.spec.shape) and s.y is None and float(s.x.mean()) == pytest.approx(200 / 255, abs=0.02)
+
+
+def test_npz_class_names_are_kept(tmp_path):
+    x = np.random.default_rng(0).random((40, 4)).astype(np.float32)
+    y = np.repeat(np.arange(4), 10)
+    y[::7] = -1
+    names = np.array(["ankle boot", "bag", "coat", "dress"])
+    np.savez(tmp_path / "s.npz", x=x, y=y, classes=names)
+    d = load_data(str(tmp_path / "s.npz"))
+    assert d.source["classes"] == names.tolist()
+    got = torch.cat([d.train.y, d.val.y, d.test.y])
+    assert (got == UNLABELLED).sum() == (y == -1).sum() and set(got[got >= 0].tolist()) == {0, 1, 2, 3}
+    np.savez(tmp_path / "bad.npz", x=x, y=y + 5, classes=names)
+    with pytest.raises(DataError, match="class indices 0..3"):
+        load_data(str(tmp_path / "bad.npz"))

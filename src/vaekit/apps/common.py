@@ -44,16 +44,20 @@ def open_run(run_dir: str | Path, *, device: str = "auto") -> LoadedRun:
 
 
 def run_inputs(run: LoadedRun, path: str | None = None, *, split: str = "test", data_dir: str | None = None,
-               limit: int | None = None) -> Split:
+               limit: int | None = None, labels: str = "any") -> Split:
     """Examples to work on: the file/folder at ``path`` prepared like the training data, or, without a
     path, the run's own ``split`` ("test", "val" or "train"). ``limit`` keeps the first N.
 
-    Returns a Split (x float32 (N, *spec.shape) on the CPU, y labels or None).
+    Returns a Split (x float32 (N, *spec.shape) on the CPU, y labels or None). New inputs' labels
+    are the run's class indices; ``labels="run"`` (and any model that reads labels) refuses
+    classes the run does not have, which ``"any"`` numbers after the run's own.
     """
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be >= 1, got {limit}")
     if path is not None:
-        s = load_inputs(path, run.spec, run.source)
+        if "y" in getattr(run.model, "batch_fields", ()):
+            labels = "run"
+        s = load_inputs(path, run.spec, run.source, labels=labels)
     else:
         from ..run import load_run_data
 

@@ -42,7 +42,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     require_classifier(run)
     name = Path(args.input).stem if args.input else args.split
     out = check_out(args.out or run.dir / f"predictions-{name}.csv", (".csv",))
-    s = run_inputs(run, args.input, split=args.split, data_dir=args.data_dir, limit=args.limit)
+    s = run_inputs(run, args.input, split=args.split, data_dir=args.data_dir, limit=args.limit, labels="run")
     names = class_names(run.source, run.spec.num_classes)
     probs = predict_proba(run.model, s.x, batch_size=args.batch_size)
     write_predictions(out, probs, names, s.y)

@@ -16,7 +16,8 @@ import torch
 from ..errors import DataError, UsageError
 from ..registry import Registry
 from . import download as dl
-from .readers import array_kind, read_amat, read_array, read_csv, read_idx, read_image_folder, to_examples
+from .readers import (IMAGE_EXTS, array_kind, common_size, npz_classes, read_amat, read_array, read_csv, read_idx,
+                      read_image_folder, read_images, to_examples)
 from .batch import UNLABELLED, Batch
 from .spec import DataSpec
 
@@ -114,19 +115,39 @@ def _binarized(data_dir: str | None, download: bool) -> _Raw:
     return _Raw({"train": (xs[0], None), "val": (xs[1], None), "test": (xs[2], None)}, "binary")
 
 
-def _encode_labels(y: np.ndarray, where: Path | str, classes: list | None = None) -> tuple[np.ndarray, list]:
+def _name_key(v: Any) -> tuple:
+    """Sort key for class values: numbers (and names that read as a plain integer, e.g. folder "10")
+    in numeric order first, then the other names in text order; "01" stays a name."""
+    text = str(v)
+    try:
+        if isinstance(v, (int, np.integer)) or str(int(text)) == text:
+            return (0, int(text), "")
+    except ValueError:
+        pass
+    return (1, 0, text)
+
+
+def _encode_labels(y: np.ndarray, where: Path | str, classes: list | None = None, *, names: bool = False,
+                   extend: bool = False) -> tuple[np.ndarray, list]:
     """Labels -> int64 indices into ``classes`` (sorted distinct values, numbers where they are numbers).
 
     Unlabelled examples get ``UNLABELLED`` (-1): empty label cells, and the value -1 when the other
     labels are at least two distinct non-negative integers (scikit-learn's semi-supervised
-    convention; a -1/+1 anomaly labelling keeps -1 as a class).
+    convention; a -1/+1 anomaly labelling keeps -1 as a class). ``names``: the labels are class
+    names as given (image subfolders): never read as numbers, never unlabelled ("01" and "1" are
+    two classes, "-1" is a class). Given ``classes``, labels are matched to them by their text
+    (a folder "3" is class 3 of a run whose classes are the numbers 0..9); labels outside them give
+    the labels' own classes, or with ``extend`` the given classes followed by the new ones (new
+    inputs keep the run's class indices; callers that need only the run's classes check the length).
     """
     y = np.asarray(y).reshape(len(y), -1)
     if y.shape[1] != 1:
         raise DataError(f"{where}: labels must be one value per example, got shape {y.shape}")
     y = y[:, 0]
     blank = np.zeros(len(y), bool)
-    if y.dtype.kind in "US":
+    if names:
+        y = y.astype(str)
+    elif y.dtype.kind in "US":
         blank = np.char.strip(y.astype(str)) == ""
         try:
             y = np.where(blank, "0", y).astype(np.float64)
@@ -140,19 +161,27 @@ def _encode_labels(y: np.ndarray, where: Path | str, classes: list | None = None
             raise DataError(f"{where}: labels must be integers or class names, got {bad:g}; "
                             "give class indices or names (a real-valued target is a condition: --condition-columns)")
         y = y.astype(np.int64)
-    if y.dtype.kind in "iu":
+    if y.dtype.kind in "iu" and not names:
         rest = np.unique(y[~blank & (y != -1)])
         if len(rest) >= 2 and rest.min() >= 0:
             blank |= y == -1
     if blank.all():
         raise DataError(f"{where}: every label is missing; give some labels, or no label column")
     values, inverse = np.unique(y[~blank], return_inverse=True)
-    vals = values.tolist()
+    vals = sorted(values.tolist(), key=_name_key) if names else values.tolist()
+    if names:  # natural order ("2" before "10"): re-index
+        order = {v: i for i, v in enumerate(vals)}
+        inverse = np.array([order[v] for v in values.tolist()], np.int64)[inverse.ravel()]
     out = np.full(len(y), UNLABELLED, np.int64)
-    if classes is not None and set(vals) <= set(classes):
-        lookup = {c: i for i, c in enumerate(classes)}
-        out[~blank] = np.array([lookup[v] for v in vals], np.int64)[inverse.ravel()]
-        return out, classes
+    if classes is not None:
+        lookup = {str(c): i for i, c in enumerate(classes)}
+        new = [v for v in vals if str(v) not in lookup]
+        if not new or extend:
+            full = list(classes) + new
+            lookup.update({str(v): len(classes) + i for i, v in enumerate(new)})
+            out[~blank] = np.array([lookup[str(v)] for v in (vals if names else values.tolist())],
+                                   np.int64)[inverse.ravel()]
+            return out, full
     out[~blank] = inverse.ravel()
     return out, vals
 
@@ -191,11 +220,28 @@ def _read_path(p: Path, image_size: int | tuple[int, int] | None, label_column: 
         if y is not None and len(y) != len(x):
             raise DataError(f"{p}: {len(y)} labels for {len(x)} examples")
         conds = None if c is None else {"all": _condition_array(c, len(x), p)}
-        return "array", _Raw({"all": (x, y)}, array_kind(x), conds=conds)
+        info: dict[str, Any] = {}
+        names = npz_classes(p) if suffix == ".npz" and y is not None else None
+        if names is not None:  # y indexes these names (vaekit sample --per-class writes both)
+            y, info["classes"] = _named_labels(y, names, p), names
+        return "array", _Raw({"all": (x, y)}, array_kind(x), info, conds=conds)
+    if suffix in IMAGE_EXTS:  # one image: one example, no label
+        size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        x, color = read_images([p], size or common_size(p.parent, [p]), color)
+        return "image", _Raw({"all": (x, None)}, "8bit", {"color": color})
     if "idx" in p.name or p.name.endswith("-ubyte"):
         x = to_examples(read_idx(p), p)
         return "array", _Raw({"all": (x, None)}, "8bit")
-    raise DataError(f"{p}: unsupported file type {suffix!r}; use an image folder, .npy, .npz or .csv")
+    raise DataError(f"{p}: unsupported file type {suffix!r}; use an image folder or file, .npy, .npz or .csv")
+
+
+def _named_labels(y: np.ndarray, names: list[str], where: Path) -> np.ndarray:
+    """Integer labels y indexing ``names`` -> the names (unlabelled, -1: an empty name)."""
+    y = np.asarray(y).reshape(-1)
+    if y.dtype.kind not in "iu" or (len(y) and (y.max() >= len(names) or y.min() < -1)):
+        raise DataError(f"{where}: its 'classes' names {len(names)} classes, so y must hold class indices "
+                        f"0..{len(names) - 1} (or -1 for unlabelled); drop 'classes' to use y's own values")
+    return np.where(y >= 0, np.asarray(names, dtype=str)[np.clip(y, 0, None)], "")
 
 
 def _take_condition_columns(raw: _Raw, p: Path, names: list[str], required: bool) -> None:
@@ -286,13 +332,14 @@ def hide_labels(y: torch.Tensor, per_class: int, seed: int, classes: list | None
     y_np = y.numpy()
     rng = np.random.default_rng([seed % 2**32, 0x1ABE1])
     keep = np.zeros(len(y_np), bool)
-    for k in np.unique(y_np[y_np != UNLABELLED]):
-        where = np.flatnonzero(y_np == k)
-        if len(where) < per_class:
-            name = classes[int(k)] if classes else int(k)
-            raise UsageError(f"--labels-per-class {per_class} is more than class {name!r} has in the training "
-                             f"split ({len(where)}); use at most {len(where)}")
-        keep[rng.choice(where, per_class, replace=False)] = True
+    ks, counts = np.unique(y_np[y_np != UNLABELLED], return_counts=True)
+    if len(counts) and counts.min() < per_class:  # name the smallest class: its count is the most that works
+        k, n = int(ks[counts.argmin()]), int(counts.min())
+        name = classes[k] if classes else k
+        raise UsageError(f"--labels-per-class {per_class} is more than class {name!r} has in the training "
+                         f"split ({n}, the fewest of any class); use at most {n}")
+    for k in ks:
+        keep[rng.choice(np.flatnonzero(y_np == k), per_class, replace=False)] = True
     return torch.from_numpy(np.where(keep, y_np, UNLABELLED).astype(np.int64))
 
 
@@ -437,9 +484,10 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
     if binarize != "none" and kind == "continuous":
         raise UsageError(f"binarize={binarize!r} needs values in [0, 1], but {source} is real-valued (continuous)")
     ys = [y for _, y in raw.parts.values()]
+    folder_names = kind_of_source == "images"  # subfolder names: class names as written
     classes = None
     if all(y is not None for y in ys):
-        _, classes = _encode_labels(np.concatenate(ys), src, raw.info.get("classes"))
+        _, classes = _encode_labels(np.concatenate(ys), src, raw.info.get("classes"), names=folder_names)
     elif labels_per_class is not None:
         raise UsageError(f"--labels-per-class hides labels, but {source} has none; give data with labels "
                          "(a class-per-subfolder image folder, a CSV --label-column, or an .npz with y)")
@@ -448,7 +496,7 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
     for k in raw.parts:
         c = None if raw.conds is None else raw.conds[k]
         conds[k], cond_kind = (None, None) if c is None else _prepare_condition(c)
-    parts = {k: (_scale(x, kind), None if y is None else _encode_labels(y, src, classes)[0], conds[k])
+    parts = {k: (_scale(x, kind), None if y is None else _encode_labels(y, src, classes, names=folder_names)[0], conds[k])
              for k, (x, y) in raw.parts.items()}
     shape = tuple(next(iter(parts.values()))[0].shape[1:])
     if image_size is not None and kind_of_source != "images" and shape[-2:] != (image_size, image_size):
@@ -503,7 +551,8 @@ def load_data(source: str, *, data_dir: str | None = None, image_size: int | Non
     return Data(spec, out["train"], out["val"], out["test"], record, binarize == "dynamic")
 
 
-def load_inputs(path: str, spec: DataSpec, source: dict, *, allow_missing: bool = False) -> Split:
+def load_inputs(path: str, spec: DataSpec, source: dict, *, allow_missing: bool = False,
+                labels: str = "any") -> Split:
     """Prepare NEW inputs (image folder, ``.npy``/``.npz``, ``.csv``, IDX) like the data ``source`` describes.
 
     Images are resized to ``spec``'s (H, W) and converted to the training colour mode; tables are
@@ -512,6 +561,9 @@ def load_inputs(path: str, spec: DataSpec, source: dict, *, allow_missing: bool 
     Raises DataError when the result does not match ``spec`` (shape or value range).
     NaN values are refused unless ``allow_missing``: then they stay NaN in x (missing values, e.g.
     for ``vaekit impute``), empty CSV cells included, and only the observed values are checked.
+    Labels are the run's class indices (matched by name: a subfolder "Sneaker" of a Fashion-MNIST
+    run is class 7); classes the run does not have come after its own (indices >= its number of
+    classes), or with ``labels="run"`` are refused (a classifier's accuracy, a conditional model).
     """
     p = Path(path).expanduser()
     if source.get("kind_of_source") in ("series", "sequences"):  # windows / sequences with their masks
@@ -526,8 +578,8 @@ def load_inputs(path: str, spec: DataSpec, source: dict, *, allow_missing: bool 
     color = source.get("color") or ({1: "L", 3: "RGB"}.get(spec.shape[0]) if spec.is_image else None)
     if p.is_dir() and not spec.is_image:
         raise DataError(f"{p} is an image folder, but the model expects vectors of shape {spec.shape}")
-    _, raw = _read_path(p, size, source.get("label_column"), color, need_label=False, allow_missing=allow_missing,
-                        condition_columns=source.get("condition_columns"))
+    read_as, raw = _read_path(p, size, source.get("label_column"), color, need_label=False,
+                              allow_missing=allow_missing, condition_columns=source.get("condition_columns"))
     x, y = raw.parts["all"]
     if raw.info.get("columns") and source.get("columns") and raw.info["columns"] != source["columns"]:
         raise DataError(f"{p}: columns {raw.info['columns']} differ from the training columns {source['columns']}")
@@ -552,8 +604,21 @@ def load_inputs(path: str, spec: DataSpec, source: dict, *, allow_missing: bool 
     elif kind == "binary" and not ((t == 0) | (t == 1) | torch.isnan(t)).all():
         raise DataError(f"{p}: the model was trained on binary data, but these values are not all 0 or 1; "
                         f"binarize them first")
-    labels = None if y is None else torch.from_numpy(_encode_labels(y, p, source.get("classes"))[0])
-    return Split(t, labels, _input_condition(raw, p, spec, source))
+    codes = None if y is None else torch.from_numpy(_input_labels(y, p, spec, source, read_as == "images", labels))
+    return Split(t, codes, _input_condition(raw, p, spec, source))
+
+
+def _input_labels(y: np.ndarray, p: Path, spec: DataSpec, source: dict, names: bool, labels: str) -> np.ndarray:
+    """New inputs' labels as the run's class indices (``load_inputs``)."""
+    known = source.get("classes") or (list(range(spec.num_classes)) if spec.num_classes else None)
+    codes, classes = _encode_labels(y, p, known, names=names, extend=True)
+    if known is not None and labels == "run" and len(classes) > len(known):
+        new = [str(c) for c in classes[len(known):]]
+        shown = ", ".join(map(repr, new[:5])) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        run_classes = ", ".join(str(c) for c in known[:12]) + (", ..." if len(known) > 12 else "")
+        raise DataError(f"{p}: label(s) {shown} are not classes of this run ({run_classes}); give inputs "
+                        "labelled with the run's classes, or without labels")
+    return codes
 
 
 def _input_condition(raw: _Raw, p: Path, spec: DataSpec, source: dict) -> torch.Tensor | None:

@@ -96,7 +96,7 @@ def _prepare_images(root: Path, tmp: Path, image_size: int | None, shard: tuple[
     files = list_images(root)
     size = (image_size, image_size) if image_size else common_size(root, files)
     names = folder_labels(root, files)
-    labels, classes = _encode_labels(names, root) if names is not None else (None, None)
+    labels, classes = _encode_labels(names, root, names=True) if names is not None else (None, None)
     per = shard[0] or max(1, shard[1] // (3 * size[0] * size[1]))
     tmp.mkdir(parents=True)
     writer = _ShardWriter(tmp, per, log)

@@ -231,6 +231,21 @@ def read_array(path: Path, with_condition: bool = False) -> tuple[np.ndarray, ..
         raise DataError(f"cannot read {path} as a NumPy file: {' '.join(str(e).split())}") from None
 
 
+def npz_classes(path: Path) -> list[str] | None:
+    """The class names an ``.npz`` stores beside its labels (key ``classes``, text), or None."""
+    try:
+        with np.load(path, allow_pickle=False) as obj:
+            if "classes" not in obj.files:
+                return None
+            names = obj["classes"]
+    except Exception:  # read_array has already read the file (and said what is wrong with it)
+        return None
+    if names.ndim != 1 or names.dtype.kind not in "US" or len(set(names.tolist())) != len(names):
+        raise DataError(f"{path}: 'classes' must be distinct class names, one per class (got {names.dtype}, "
+                        f"shape {names.shape})")
+    return [str(n) for n in names.tolist()]
+
+
 def to_examples(x: np.ndarray, path: Path, allow_missing: bool = False) -> np.ndarray:
     """(N, D) and (N, C, H, W) stay; (N, H, W) -> (N, 1, H, W); (N, H, W, C) with C in {1, 3, 4} -> NCHW.
 
