@@ -137,7 +137,13 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     for f in (out / "last.safetensors", out / "last.previous.safetensors"):
         f.write_bytes(b"garbage")
     code, _, err = run_cli(capsys, "train", *tiny, "--epochs", "4", "--resume")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "corrupt" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "corrupt" in err and "move both aside" in err
+    (out / "last.previous.safetensors").unlink()  # one damaged checkpoint and no other: the same advice
+    code, _, err = run_cli(capsys, "train", *tiny, "--epochs", "4", "--resume")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no previous checkpoint" in err and "move it aside" in err
+    (out / "last.safetensors").rename(out / "damaged.safetensors")  # as advised: the run starts again
+    code, _, err = run_cli(capsys, "train", *tiny, "--epochs", "1", "--resume")
+    assert code == 0 and (out / "last.safetensors").exists()
 
 
 @pytest.mark.parametrize("value", ["-1", "-0.5"])

@@ -82,10 +82,21 @@ def resume_checkpoint(path: Path, model: torch.nn.Module, opt: Optimizers,
     try:
         return load_checkpoint(path, model, opt, average)
     except CheckpointError as e:
-        if "another model" in str(e) or not prev.exists():
+        if "another model" in str(e):
+            raise
+        if not prev.exists():
+            if "corrupt" in str(e) or "not a vaekit" in str(e):  # nothing to fall back on: say what to do
+                raise CheckpointError(f"{e}, and there is no previous checkpoint to fall back on; move it aside "
+                                      "to start this run again from its saved configuration") from None
             raise
         reason = str(e)
-    out = load_checkpoint(prev, model, opt, average)
+    try:
+        out = load_checkpoint(prev, model, opt, average)
+    except CheckpointError as e:
+        if "another model" in str(e):
+            raise
+        raise CheckpointError(f"{reason}, and the previous checkpoint {prev.name} cannot be read either; move both "
+                              "aside to start this run again from its saved configuration") from None
     print(f"vaekit: {reason}; resuming from the previous checkpoint {prev}, which was kept", file=sys.stderr)
     return out
 
