@@ -319,7 +319,7 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(dl, "fetch_url", fake_server({n: gzip.compress(b"not mnist") for n in IDX_FILES}))
     with pytest.raises(DataError, match="checksum mismatch"):
         load_data("mnist", data_dir=str(tmp_path))
-    assert list((tmp_path / "mnist").iterdir()) == []
+    assert not (tmp_path / "mnist").exists() and tmp_path.exists()  # the folder made for it is gone again
 
 
 def test_download_offline_is_one_line(tmp_path, monkeypatch):
@@ -332,6 +332,9 @@ def test_download_offline_is_one_line(tmp_path, monkeypatch):
         load_data("mnist", data_dir=str(tmp_path))
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "mnist") in msg and all(n in msg for n in IDX_FILES)
-    assert list((tmp_path / "mnist").iterdir()) == []
+    assert not (tmp_path / "mnist").exists()
+    with pytest.raises(DataError):  # a --data-dir that did not exist is not left behind either
+        load_data("mnist", data_dir=str(tmp_path / "new" / "dir"))
+    assert not (tmp_path / "new").exists()
     with pytest.raises(DataError, match="downloads are off"):
         load_data("mnist", data_dir=str(tmp_path / "none"), download=False)

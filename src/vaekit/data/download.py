@@ -117,10 +117,25 @@ def ensure_files(name: str, files: list[str], *, data_dir: str | os.PathLike | N
     if not download or base_url is None:
         why = "downloads are off" if base_url is not None else hint or "vaekit cannot download them"
         raise DataError(f"{name} files not found in {' or '.join(map(str, folders))}; {where} ({why})")
+    created = [d for d in (target, *target.parents) if not d.exists()]  # removed again if nothing arrives
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create {target} for the {name} download ({_one_line(e)}); {where}") from None
+    try:
+        _download(missing, target, base_url, checksums, where)
+    except BaseException:
+        for d in created:  # deepest first; stops at the first folder that is not empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    return target
+
+
+def _download(missing: list[str], target: Path, base_url: str, checksums: dict[str, dict[str, str]] | None,
+              where: str) -> None:
     for fname in missing:
         url = base_url + fname
         fd, tmp_name = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=target)
@@ -141,4 +156,3 @@ def ensure_files(name: str, files: list[str], *, data_dir: str | os.PathLike | N
             os.replace(tmp, target / fname)  # atomic: the file appears complete or not at all
         finally:
             tmp.unlink(missing_ok=True)
-    return target
