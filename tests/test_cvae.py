@@ -185,3 +185,6 @@ def test_fashion_mnist_classes_have_names():
     assert d.source["classes"][7] == "Sneaker" and d.spec.num_classes == 10
     assert d.test.y[:3].tolist() == [9, 2, 1]  # the file's label order is kept
     assert label_index("Sneaker", d.source, 10) == label_index("7", d.source, 10) == 7
+    # the official names (with a space or a slash) and any case find the stored ones
+    assert label_index("Ankle boot", d.source, 10) == label_index("ankle-boot", d.source, 10) == 9
+    assert label_index("T-shirt/top", d.source, 10) == 0

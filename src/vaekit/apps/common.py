@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -136,6 +137,11 @@ def class_names(source: dict[str, Any], num: int | None = None) -> list[str]:
     return [str(i) for i in range(num or 0)]
 
 
+def _loose(name: str) -> str:
+    """A class name compared without case, and with spaces, '-', '_' and '/' alike."""
+    return re.sub(r"[\s_/-]+", "-", name.strip().lower())
+
+
 def label_index(label: str, source: dict[str, Any], num_classes: int | None) -> int:
     """A class given by name (as in the training labels) or by index -> its index."""
     names = class_names(source, num_classes)
@@ -143,6 +149,9 @@ def label_index(label: str, source: dict[str, Any], num_classes: int | None) -> 
         raise UsageError("this run was trained without labels, so there are no classes to choose from")
     if label in names:
         return names.index(label)
+    loose = [i for i, n in enumerate(names) if _loose(n) == _loose(label)]
+    if len(loose) == 1:  # "ankle boot", "Ankle-boot", "T-shirt/top" for Fashion-MNIST's "Ankle-boot", "T-shirt-top"
+        return loose[0]
     try:
         i = int(label)
     except ValueError:
