@@ -125,7 +125,7 @@ def test_bad_input_one_line_and_nothing_written(net_dir, tmp_path, capsys):
     assert "not found" in err
     wrong = save_feature_net(tmp_path / "wrong", build_feature_net("small-cnn", (1, 28, 28), 10), _meta((1, 28, 28)))
     err = _bad(tmp_path, capsys, "--recon-loss", "perceptual", "--feature-net", wrong)
-    assert "(1, 28, 28)" in err and "(1, 8, 8)" in err
+    assert "(1, 28, 28)" in err and "(1, 8, 8)" in err and "vaekit features --data digits --out NET" in err
     corrupt = tmp_path / "corrupt"
     shutil.copytree(net_dir, corrupt)
     (corrupt / WEIGHTS_FILE).write_bytes(b"\x00" * 40)

@@ -71,7 +71,9 @@ def build_perceptual(cfg: RunConfig, data: Data) -> BaseModel:
     if shape != tuple(data.spec.shape):
         raise UsageError(f"--feature-net {path} takes inputs of shape {shape}, but this run's data "
                          f"({data.source.get('source')}) has examples of shape {tuple(data.spec.shape)}; train one "
-                         f"on this data: vaekit features --data {data.source.get('source')} --out NET")
+                         f"on this data: vaekit features --data {data.source.get('source')}"
+                         + (f" --image-size {data.source['image_size']}" if data.source.get("image_size") else "")
+                         + " --out NET")
     net_meta: dict[str, Any] = {k: meta[k] for k in ("architecture", "input_shape", "num_classes") if k in meta}
     net_meta["arch_args"] = meta.get("arch_args") or {}
     for k in ("dataset", "test_accuracy", "format"):
