@@ -197,6 +197,26 @@ def test_m2_on_data_with_unlabelled_examples_in_every_split(tmp_path, capsys):
     code, stdout, _ = cli(capsys, "classify", run, "--json")
     res = json.loads(stdout)
     assert code == 0 and 0 < res["n_labelled"] < res["n"]  # accuracy over the labelled ones only
+    # new inputs with -1 labels (and a class): -1 is "unlabelled" for a run whose classes are 0..9
+    np.savez(tmp_path / "sub.npz", x=(d.images[:6] / 16.0).astype(np.float32), y=np.array([-1, -1, 3, -1, 3, -1]))
+    code, stdout, err = cli(capsys, "reconstruct", run, "--input", tmp_path / "sub.npz", "--out", tmp_path / "r2.png")
+    assert code == 0, err
+    # the samples scored against test examples without labels get the model's own classes
+    from vaekit.apps.common import open_run, run_inputs
+    from vaekit.apps.sample_quality import model_samples
+
+    r = open_run(run, device="cpu")
+    test = run_inputs(r, None)
+    assert bool((test.y < 0).any())
+    assert model_samples(r.model, test, 50, seed=0).shape == (50, 1, 8, 8)
+    # M1+M2 on the same data: the report and reconstruct fill its labels too
+    m1, m12 = tmp_path / "m1", tmp_path / "m12"
+    assert cli(capsys, "train", "--data", tmp_path / "semi.npz", "--epochs", "2", "--hidden", "32", "--latent-dim", "4",
+               "--out", m1, "--quiet")[0] == 0
+    code, _, err = cli(capsys, "train", "--data", tmp_path / "semi.npz", "--model", "m2", "--features", m1, "--epochs",
+                       "2", "--hidden", "32", "--latent-dim", "4", "--out", m12, "--quiet")
+    assert code == 0 and (m12 / "report.html").exists(), err
+    assert cli(capsys, "reconstruct", m12, "--out", tmp_path / "r3.png")[0] == 0
 
 
 def test_classify_refuses_classes_the_run_does_not_have(runs, capsys, tmp_path):

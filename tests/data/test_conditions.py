@@ -195,3 +195,37 @@ def test_npz_class_names_are_kept(tmp_path):
     np.savez(tmp_path / "bad.npz", x=x, y=y + 5, classes=names)
     with pytest.raises(DataError, match="class indices 0..3"):
         load_data(str(tmp_path / "bad.npz"))
+
+
+def test_labels_against_known_classes():
+    from vaekit.data.datasets import _encode_labels
+
+    # a prepared folder's class names read back as text: "-1" is a class there, "01" is not "1"
+    codes, classes = _encode_labels(np.array(["-1", "0", "1", "-1"]), "x", ["-1", "0", "1"])
+    assert codes.tolist() == [0, 1, 2, 0] and classes == ["-1", "0", "1"]
+    codes, _ = _encode_labels(np.array(["01", "1", ""]), "x", ["1", "01"])
+    assert codes.tolist() == [1, 0, UNLABELLED]
+    # -1 is unlabelled for classes that do not include it, even beside a single class
+    codes, _ = _encode_labels(np.array([-1, 3, -1]), "x", list(range(10)))
+    assert codes.tolist() == [UNLABELLED, 3, UNLABELLED]
+    # integers index named classes (an .npz saved with y = 0..9 for a Fashion-MNIST run)
+    names = ["T-shirt-top", "Trouser", "Pullover"]
+    codes, classes = _encode_labels(np.array([2, 0, -1]), "x", names, extend=True)
+    assert codes.tolist() == [2, 0, UNLABELLED] and classes == names
+    # names outside the classes: appended with extend, the labels' own classes without
+    codes, classes = _encode_labels(np.array(["Trouser", "Boot"]), "x", names, extend=True)
+    assert codes.tolist() == [1, 3] and classes == names + ["Boot"]
+    assert _encode_labels(np.array(["Trouser", "Boot"]), "x", names)[1] == ["Boot", "Trouser"]
+
+
+def test_streamed_and_prepared_folders_keep_folder_names(tmp_path):
+    from vaekit.data.prepare import prepare
+
+    root = _png_folder(tmp_path / "f", ["-1", "0", "01", "10", "9"], n=4)
+    mem = load_data(str(root), val_fraction=0.2, test_fraction=0.2)
+    streamed = load_data(str(root), val_fraction=0.2, test_fraction=0.2, data_in_memory="no")
+    assert mem.source["classes"] == streamed.source["classes"] == ["-1", "0", "9", "10", "01"]
+    assert torch.equal(mem.test.y, torch.as_tensor(streamed.test.y))
+    prepare(str(root), tmp_path / "shards")
+    shards = load_data(str(tmp_path / "shards"), val_fraction=0.2, test_fraction=0.2)
+    assert shards.source["classes"] == mem.source["classes"] and bool((shards.train.y >= 0).all())

@@ -150,6 +150,7 @@ def agreeing_samples(model: Any, classes: list[int], per_class: int, *, temperat
             torch.tensor(classes).repeat_interleave(per_class))
 
 
+@torch.no_grad()
 def known_labels(model: Any, x: torch.Tensor, cond: dict[str, Any]) -> dict[str, Any]:
     """``cond`` with unlabelled examples' labels (-1) replaced by the class the model's own q(y|x)
     finds most likely, for a model that has one (M2: ``fill_labels``); as given otherwise. A

@@ -135,15 +135,24 @@ def _encode_labels(y: np.ndarray, where: Path | str, classes: list | None = None
     labels are at least two distinct non-negative integers (scikit-learn's semi-supervised
     convention; a -1/+1 anomaly labelling keeps -1 as a class). ``names``: the labels are class
     names as given (image subfolders): never read as numbers, never unlabelled ("01" and "1" are
-    two classes, "-1" is a class). Given ``classes``, labels are matched to them by their text
-    (a folder "3" is class 3 of a run whose classes are the numbers 0..9); labels outside them give
-    the labels' own classes, or with ``extend`` the given classes followed by the new ones (new
-    inputs keep the run's class indices; callers that need only the run's classes check the length).
+    two classes, "-1" is a class), in natural order ("2" before "10").
+
+    Given ``classes`` (the classes a run or a prepared folder already has), labels are matched to
+    them by their text first (a folder "3" is class 3 of a run whose classes are the numbers 0..9;
+    "-1" is unlabelled unless it is one of them); integers are class indices when the classes are
+    names that are not numbers (y = 7 of a Fashion-MNIST run is "Sneaker"). Labels outside the
+    classes give the labels' own classes, or with ``extend`` the given classes followed by the new
+    ones (new inputs keep the run's class indices; callers that need only the run's classes check
+    the length).
     """
     y = np.asarray(y).reshape(len(y), -1)
     if y.shape[1] != 1:
         raise DataError(f"{where}: labels must be one value per example, got shape {y.shape}")
     y = y[:, 0]
+    if classes is not None and len(y):
+        known = _known_labels(y, classes)
+        if known is not None:
+            return known, list(classes)
     blank = np.zeros(len(y), bool)
     if names:
         y = y.astype(str)
@@ -162,6 +171,10 @@ def _encode_labels(y: np.ndarray, where: Path | str, classes: list | None = None
                             "give class indices or names (a real-valued target is a condition: --condition-columns)")
         y = y.astype(np.int64)
     if y.dtype.kind in "iu" and not names:
+        if classes is not None and len(classes) and not any(_is_int_text(c) for c in classes):
+            idx = np.where(blank, UNLABELLED, y)  # indices into named classes (-1: unlabelled)
+            if idx.min() >= UNLABELLED and idx.max() < len(classes):
+                return idx.astype(np.int64), list(classes)
         rest = np.unique(y[~blank & (y != -1)])
         if len(rest) >= 2 and rest.min() >= 0:
             blank |= y == -1
@@ -169,21 +182,46 @@ def _encode_labels(y: np.ndarray, where: Path | str, classes: list | None = None
         raise DataError(f"{where}: every label is missing; give some labels, or no label column")
     values, inverse = np.unique(y[~blank], return_inverse=True)
     vals = sorted(values.tolist(), key=_name_key) if names else values.tolist()
-    if names:  # natural order ("2" before "10"): re-index
+    if names:  # natural order: re-index
         order = {v: i for i, v in enumerate(vals)}
         inverse = np.array([order[v] for v in values.tolist()], np.int64)[inverse.ravel()]
     out = np.full(len(y), UNLABELLED, np.int64)
-    if classes is not None:
+    if classes is not None and extend:
         lookup = {str(c): i for i, c in enumerate(classes)}
         new = [v for v in vals if str(v) not in lookup]
-        if not new or extend:
-            full = list(classes) + new
-            lookup.update({str(v): len(classes) + i for i, v in enumerate(new)})
-            out[~blank] = np.array([lookup[str(v)] for v in (vals if names else values.tolist())],
-                                   np.int64)[inverse.ravel()]
-            return out, full
+        lookup.update({str(v): len(classes) + i for i, v in enumerate(new)})
+        out[~blank] = np.array([lookup[str(v)] for v in vals], np.int64)[inverse.ravel()]
+        return out, list(classes) + new
     out[~blank] = inverse.ravel()
     return out, vals
+
+
+def _is_int_text(c: Any) -> bool:
+    try:
+        return str(int(str(c))) == str(c)
+    except ValueError:
+        return False
+
+
+def _known_labels(y: np.ndarray, classes: list) -> np.ndarray | None:
+    """Indices into ``classes`` when every label is one of them by its text (empty, and -1 unless
+    it is a class, are unlabelled); None when some are not (``_encode_labels`` goes on)."""
+    if y.dtype.kind == "f":
+        if not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            return None
+        y = y.astype(np.int64)
+    if y.dtype.kind not in "iuUS":
+        return None
+    text = np.char.strip(y.astype(str))
+    lookup = {str(c): i for i, c in enumerate(classes)}
+    blank = (text == "") | ((text == "-1") & ("-1" not in lookup))
+    if blank.all():
+        return None
+    uniq, inverse = np.unique(text, return_inverse=True)
+    codes = np.array([lookup.get(t, -2) for t in uniq.tolist()], np.int64)[inverse.ravel()]
+    if (codes[~blank] < 0).any():
+        return None
+    return np.where(blank, UNLABELLED, codes).astype(np.int64)
 
 
 def _read_path(p: Path, image_size: int | tuple[int, int] | None, label_column: str | None,

@@ -240,9 +240,10 @@ def npz_classes(path: Path) -> list[str] | None:
             names = obj["classes"]
     except Exception:  # read_array has already read the file (and said what is wrong with it)
         return None
-    if names.ndim != 1 or names.dtype.kind not in "US" or len(set(names.tolist())) != len(names):
-        raise DataError(f"{path}: 'classes' must be distinct class names, one per class (got {names.dtype}, "
-                        f"shape {names.shape})")
+    if names.ndim != 1 or names.dtype.kind not in "US":
+        return None  # not class names (e.g. class ids): left alone, as before
+    if len(set(names.tolist())) != len(names):
+        raise DataError(f"{path}: 'classes' names a class twice; give distinct class names, one per class")
     return [str(n) for n in names.tolist()]
 
 

@@ -326,7 +326,7 @@ def stream_data(p: Path, *, image_size: int | None, val_fraction: float, test_fr
     names = store.labels if images else label_names(labels, manifest.get("classes"))
     y_all, classes = None, None
     if names is not None:
-        y_np, classes = _encode_labels(names, src, manifest.get("classes"))
+        y_np, classes = _encode_labels(names, src, manifest.get("classes"), names=images)  # (folder names as written)
         y_all = torch.from_numpy(y_np)
     rng = np.random.default_rng(seed % 2**64)  # datasets._carve's draw, on indices alone
     counts = [_count(test_fraction, n), _count(val_fraction, n)]

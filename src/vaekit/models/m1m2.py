@@ -131,6 +131,10 @@ class StackedM2(BaseModel):
         """q(y|E[z1|x]): class probabilities (B, K)."""
         return self.m2.classify(self.features(x))
 
+    def fill_labels(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Labels (B,): y where given, M2's most likely class of E[z1|x] where y is -1 or None."""
+        return self.m2.fill_labels(self.features(x), y)
+
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """M2's q(z|z1,y) at z1 = E[z1|x] (without y: moment-matched over q(y|x)), each (B, D)."""
         return self.m2.encode(self.features(x), y)

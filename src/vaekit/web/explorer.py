@@ -298,7 +298,8 @@ class Explorer:
         from ..data.datasets import load_inputs
 
         try:
-            s = load_inputs(str(path.parent if suffix in IMAGE_SUFFIXES else path), svc.spec, svc.run.source)
+            s = load_inputs(str(path.parent if suffix in IMAGE_SUFFIXES else path), svc.spec, svc.run.source,
+                            labels="run" if svc.field == "y" else "any")  # (a label-conditional run: its classes only)
         except VaekitError as e:
             raise RequestError(str(e).replace(str(path), "the upload").replace(str(path.parent), "the upload")) from None
         except (OSError, ValueError) as e:
