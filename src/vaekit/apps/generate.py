@@ -156,8 +156,8 @@ def known_labels(model: Any, x: torch.Tensor, cond: dict[str, Any]) -> dict[str,
     finds most likely, for a model that has one (M2: ``fill_labels``); as given otherwise. A
     semi-supervised run's data keeps its unlabelled examples in every split, and decoding needs a
     class for each."""
-    fill = getattr(model, "fill_labels", None)
-    if fill is None or cond.get("y") is None:
+    fill, y = getattr(model, "fill_labels", None), cond.get("y")
+    if fill is None or y is None or not bool((torch.as_tensor(y) < 0).any()):
         return cond
     dev = getattr(model, "device", x.device)
     return {**cond, "y": fill(x.to(dev), torch.as_tensor(cond["y"]).to(dev))}

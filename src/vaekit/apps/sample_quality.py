@@ -100,16 +100,13 @@ def describe(meta: dict[str, Any]) -> str:
 def model_samples(model: Any, test: Batch, n: int, seed: int) -> torch.Tensor:
     """n decoder-mean samples (n, *shape) on the CPU; a conditional model gets the labels or
     conditions of the test examples in turn."""
-    from .generate import sample
-
-    from .generate import known_labels
+    from .generate import known_labels, sample
 
     fields = getattr(model, "batch_fields", ())
     reps = -(-n // len(test))
     y = None
     if "y" in fields and test.y is not None:  # (unlabelled test examples: the model's own q(y|x) names them)
-        y = known_labels(model, test.x, {"y": test.y})["y"].cpu() if bool((test.y < 0).any()) else test.y
-        y = y.repeat(reps)[:n]
+        y = known_labels(model, test.x, {"y": test.y})["y"].cpu().repeat(reps)[:n]
     c = test.c.repeat(reps, *[1] * (test.c.dim() - 1))[:n] if "c" in fields and test.c is not None else None
     return sample(model, n, y=y, c=c, seed=seed)
 

@@ -246,7 +246,7 @@ class RunService:
                 a = a / 255.0  # 8-bit pixel values (0-255)
             np.save(path, a.reshape(len(a), -1) if not self.spec.is_image else a)
             try:
-                s = load_inputs(str(path), self.spec, self.run.source, labels="run" if self.field == "y" else "any")
+                s = load_inputs(str(path), self.spec, self.run.source)
             except VaekitError as e:
                 raise RequestError(f"{name}: {str(e).replace(str(path) + ': ', '')}") from None
         far = float(s.x.abs().max())

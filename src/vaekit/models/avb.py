@@ -126,27 +126,6 @@ class ImplicitEncoder(nn.Module):
             h = self.act(lin(h) + noise(eps))
         return self.out(h)
 
-    @torch.no_grad()
-    def tail_no_grad(self, h: torch.Tensor, eps: torch.Tensor, chunk: int = 4) -> torch.Tensor:
-        """``tail(h, eps)`` without a graph (the draws behind adaptive contrast's detached moments):
-        a few draws at a time, so the (draws, B, width) activations stay in cache, with in-place
-        additions and activations; the same values as ``tail``."""
-        out = h.new_empty(eps.shape[0], h.shape[0], self.out.out_features)
-        for i in range(0, eps.shape[0], chunk):
-            e = eps[i:i + chunk]
-            a = self._act_(self.noise_in[0](e).add_(h))
-            for lin, noise in zip(self.layers, self.noise_in[1:]):
-                a = self._act_(lin(a).add_(noise(e)))
-            out[i:i + chunk] = self.out(a)
-        return out
-
-    def _act_(self, a: torch.Tensor) -> torch.Tensor:
-        if type(self.act) is nn.ReLU:
-            return a.clamp_min_(0.0)
-        if type(self.act) is nn.Tanh:
-            return a.tanh_()
-        return self.act(a)
-
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
         if eps is None:
             raise UsageError(_NO_GAUSSIAN)
@@ -245,12 +224,11 @@ class AVB(VAE):
         values either way."""
         h = self.encoder.features(x)
         eps = torch.randn(n, len(x), self.noise_dim, device=h.device, dtype=h.dtype)
-        if not torch.is_grad_enabled():
-            return self.encoder.tail_no_grad(h, eps)
-        if graph is None:
+        if graph is None or not torch.is_grad_enabled():
             return self.encoder.tail(h, eps)
         z = self.encoder.tail(h, eps[graph:graph + 1])
-        rest = self.encoder.tail_no_grad(h.detach(), torch.cat([eps[:graph], eps[graph + 1:]]))
+        with torch.no_grad():
+            rest = self.encoder.tail(h, torch.cat([eps[:graph], eps[graph + 1:]]))
         return torch.cat([rest[:graph], z, rest[graph:]])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

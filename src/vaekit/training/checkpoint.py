@@ -85,7 +85,7 @@ def resume_checkpoint(path: Path, model: torch.nn.Module, opt: Optimizers,
         if "another model" in str(e):
             raise
         if not prev.exists():
-            if "corrupt" in str(e) or "not a vaekit" in str(e):  # nothing to fall back on: say what to do
+            if path.exists():  # there but unreadable, and nothing to fall back on: say what to do
                 raise CheckpointError(f"{e}, and there is no previous checkpoint to fall back on; move it aside "
                                       "to start this run again from its saved configuration") from None
             raise

@@ -295,11 +295,8 @@ class Explorer:
         allowed = (".csv", ".npy", ".npz") + (IMAGE_SUFFIXES if svc.kind == "image" else ())
         if suffix not in allowed:
             raise RequestError(f"cannot read a {suffix or 'suffix-less'} file here; send {', '.join(allowed)}")
-        from ..data.datasets import load_inputs
-
-        try:
-            s = load_inputs(str(path.parent if suffix in IMAGE_SUFFIXES else path), svc.spec, svc.run.source,
-                            labels="run" if svc.field == "y" else "any")  # (a label-conditional run: its classes only)
+        try:  # (run_inputs: a label-conditional run takes its own classes only)
+            s = run_inputs(svc.run, str(path.parent if suffix in IMAGE_SUFFIXES else path))
         except VaekitError as e:
             raise RequestError(str(e).replace(str(path), "the upload").replace(str(path.parent), "the upload")) from None
         except (OSError, ValueError) as e:
