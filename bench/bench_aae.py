@@ -71,6 +71,8 @@ def train_one(name: str, d: Data, args: argparse.Namespace) -> tuple[torch.nn.Mo
         opts["phases"] = args.phases
         if args.critic_hidden:
             opts["critic_hidden"] = args.critic_hidden
+        if args.adversarial_weight != 1.0:
+            opts["adversarial_weight"] = args.adversarial_weight
     return train_within(opts, d, args.budget_min * 60.0, args.seed)
 
 
@@ -168,6 +170,8 @@ def main() -> int:
     ap.add_argument("--encoder", default="deterministic", help="the AAE's encoder: deterministic | gaussian")
     ap.add_argument("--phases", default="paper", help="the AAE's schedule: paper | joint (vaekit train --phases)")
     ap.add_argument("--critic-hidden", default=None, help="the AAE's discriminator widths (default vaekit's: 1000,1000)")
+    ap.add_argument("--adversarial-weight", type=float, default=1.0,
+                    help="the AAE's generator-loss weight in the joint update (vaekit train --adversarial-weight; needs --phases joint)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)

@@ -202,6 +202,44 @@ def test_joint_phases_make_two_updates_with_the_generator_loss_in_the_autoencode
     assert got < 0.1 and got < 0.2 * untrained, (got, untrained)
 
 
+def test_adversarial_weight_scales_the_generator_term_of_the_joint_update():
+    """--adversarial-weight w: the autoencoder's gradient is reconstruction's + w x the generator
+    loss's (checked term by term against autograd on each part); refused where it means nothing."""
+    data = tiny_data()
+
+    def encoder_grads(weight, part):
+        torch.manual_seed(1)
+        m = aae(data, phases="joint", adversarial_weight=weight)
+        params = list(m.encoder.parameters())
+        x = data.train.x[:16]
+        if part is not None:  # one term alone, from the same draw of z
+            torch.manual_seed(2)
+            mu, logvar = m.encoder(x)
+            z = m._code(mu, logvar)
+            loss = (-m.likelihood.log_prob(m.decoder(z), x).mean() if part == "recon" else m._generator_loss(z))
+            return torch.autograd.grad(loss, params)
+        grads = {}
+
+        def update(player, loss, **k):
+            if player == "autoencoder":
+                grads["enc"] = torch.autograd.grad(loss, params, retain_graph=True)
+            return True
+        torch.manual_seed(2)
+        m.train_step(x, update=update)
+        return grads["enc"]
+    recon, gen = encoder_grads(1.0, "recon"), encoder_grads(1.0, "gen")
+    for w in (1.0, 20.0):
+        for got, r, g in zip(encoder_grads(w, None), recon, gen):
+            torch.testing.assert_close(got, r + w * g, rtol=1e-5, atol=1e-7)
+    with pytest.raises(UsageError, match="--adversarial-weight .*--phases joint"):
+        aae(data, adversarial_weight=5.0)  # the paper's phases
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(UsageError, match="--adversarial-weight must be a positive number"):
+            aae(data, phases="joint", adversarial_weight=bad)
+    with pytest.raises(UsageError, match="--adversarial-weight is an option of --model aae"):
+        build_model(ModelConfig(model="vae", hidden=[32], latent_dim=4, adversarial_weight=2.0), data.spec)
+
+
 def test_training_logs_the_adversarial_terms_and_keeps_the_last_epoch():
     data = tiny_data()
     torch.manual_seed(0)

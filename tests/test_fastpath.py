@@ -134,7 +134,7 @@ def _both_engines(kind, supports, **cfg):
     return got, want, have, out_ref, out
 
 
-@pytest.mark.parametrize("phases", ["paper", "joint"])
+@pytest.mark.parametrize("phases", ["paper", "joint", "joint-weighted"])
 @pytest.mark.parametrize("encoder,prior,lik", [("deterministic", "standard-normal", "bernoulli"),
                                                ("gaussian", "gmm-ring", "bernoulli"),
                                                ("gaussian", "standard-normal", "gaussian-fixed")])
@@ -142,9 +142,11 @@ def test_fast_aae_step_makes_the_updates_of_autograd(phases, encoder, prior, lik
     from vaekit.training.fastpath import supports_aae
 
     kind = "continuous" if lik == "gaussian-fixed" else "8bit"
+    weight = 7.5 if phases == "joint-weighted" else 1.0
+    phases = phases.split("-")[0]
     got, want, have, out_ref, out = _both_engines(
         kind, supports_aae, model="aae", hidden=[24, 12], latent_dim=4, encoder=encoder, prior=prior, phases=phases,
-        critic_hidden=[16, 8], likelihood=lik if lik != "bernoulli" else None)
+        critic_hidden=[16, 8], likelihood=lik if lik != "bernoulli" else None, adversarial_weight=weight)
     assert [p for p, _, _ in have] == [p for p, _, _ in want] == (
         ["autoencoder", "discriminator"] if phases == "joint" else ["autoencoder", "discriminator", "generator"])
     for (player, loss_h, gh), (_, loss_w, gw) in zip(have, want):

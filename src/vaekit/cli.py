@@ -99,6 +99,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--prior", "prior", str, "p(z): standard-normal | gmm-ring (10 Gaussians on a ring, as in the AAE paper)"),
     ("--encoder", "encoder", str, "--model aae: gaussian | deterministic"),
     ("--phases", "phases", str, "--model aae: paper (reconstruction, discriminator, generator updates) | joint (one pass, two updates)"),
+    ("--adversarial-weight", "adversarial_weight", _finite, "--model aae --phases joint: weight of the generator loss beside the reconstruction (default 1)"),
     ("--critic-hidden", "critic_hidden", _int_list, "adversarial models: hidden widths (mlp) or channels (conv) of the critic"),
     ("--adaptive-contrast", "adaptive_contrast", _on_off, "--model avb: on | off: contrast q(z|x) with a Gaussian of its moments (default on)"),
     ("--gamma", "gamma", _finite, "--model vaegan: weight of the feature-space reconstruction against the GAN loss in the decoder's update"),

@@ -18,8 +18,8 @@ own Adam (``training.steps.PlayersStep``):
    non-saturating generator loss of Goodfellow et al. 2014, as in the paper's code).
 
 ``--phases joint`` trades the paper's order for speed: one forward pass per batch, the autoencoder
-minimising reconstruction + generator loss in one update (the discriminator as it stood), then the
-discriminator's update on the same (detached) codes -- the schedule of pythae 0.1.2's
+minimising reconstruction + ``--adversarial-weight`` x generator loss in one update (the discriminator
+as it stood), then the discriminator's update on the same (detached) codes -- the schedule of pythae 0.1.2's
 ``Adversarial_AE`` and of most AAE code, with two backward passes instead of three and one encoder
 forward pass instead of two.
 
@@ -63,6 +63,7 @@ from .vae import VAE
 MODEL_OPTIONS["encoder"].add("aae")
 MODEL_OPTIONS["phases"].add("aae")
 MODEL_OPTIONS["critic_hidden"].add("aae")
+MODEL_OPTIONS["adversarial_weight"].add("aae")
 
 #: The discriminator's hidden widths when --critic-hidden is not given (Makhzani et al.'s MNIST nets).
 DEFAULT_DISCRIMINATOR = (1000, 1000)
@@ -148,7 +149,7 @@ class AAE(VAE):
         out = self._reported(x, mu, logvar, z, recon)
         if self.config.phases == "joint":
             g_loss = self._generator_loss(z)
-            update("autoencoder", recon + g_loss)
+            update("autoencoder", recon + self.config.adversarial_weight * g_loss)
             prior_z = self.prior.sample(len(x), device=x.device, dtype=z.dtype)
             d_loss, acc = self._adversarial(prior_z, z.detach())
             update("discriminator", d_loss)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +28,7 @@ CONDITIONAL_PRIOR: set[str] = set()
 ON_FEATURES: dict[str, type] = {}
 #: Options that only some models read, by ModelConfig field: the models that read it (filled by
 #: the model modules); setting one away from its default for another model is refused.
-MODEL_OPTIONS: dict[str, set[str]] = {"encoder": set(), "phases": set(), "critic_hidden": set(), "adaptive_contrast": set(),
+MODEL_OPTIONS: dict[str, set[str]] = {"encoder": set(), "phases": set(), "critic_hidden": set(), "adversarial_weight": set(), "adaptive_contrast": set(),
                                       "gamma": set(), "equilibrium": set(), "margin": set()}
 #: How an adversarial autoencoder's encoder draws its code (``ModelConfig.encoder``).
 ENCODER_KINDS = ("gaussian", "deterministic")
@@ -71,6 +73,12 @@ class ModelConfig:
         discriminator, then the encoder as generator, each on a fresh forward pass) or "joint" (one
         forward pass; the autoencoder minimises reconstruction + generator loss in one update, then
         the discriminator is updated: pythae's schedule, about half the arithmetic).
+    adversarial_weight: adversarial autoencoders with ``phases="joint"``: the weight of the generator
+        loss beside the reconstruction in the autoencoder's one update (pythae's
+        ``adversarial_loss_scale``). The reconstruction is a sum over every value of x (hundreds of
+        nats on MNIST), the generator loss about one nat per code, so at 1 the codes are held to
+        the prior weakly in many dimensions. (Under the paper's phases the generator has an Adam
+        of its own, which a constant weight does not change: refused there.)
     critic_hidden: hidden widths of the second player (the AAE's discriminator on z, AVB's
         adversary T(x, z), the VAE-GAN's discriminator on x: MLP widths, or conv channels for
         --arch conv); None picks the model's default.
@@ -107,6 +115,7 @@ class ModelConfig:
     encoder: str = "gaussian"
     phases: str = "paper"
     critic_hidden: list[int] | None = None
+    adversarial_weight: float = 1.0
     adaptive_contrast: bool = True
     gamma: float = 1e-2
     equilibrium: float = 0.68
@@ -184,6 +193,8 @@ class ModelConfig:
             raise UsageError(f"--encoder must be one of {', '.join(ENCODER_KINDS)}, got {cfg.encoder!r}")
         if cfg.phases not in AAE_PHASES:
             raise UsageError(f"--phases must be one of {', '.join(AAE_PHASES)}, got {cfg.phases!r}")
+        if not (math.isfinite(cfg.adversarial_weight) and cfg.adversarial_weight > 0):
+            raise UsageError(f"--adversarial-weight must be a positive number, got {cfg.adversarial_weight}")
         if cfg.critic_hidden is not None and (not cfg.critic_hidden or any(int(h) <= 0 for h in cfg.critic_hidden)):
             raise UsageError(f"--critic-hidden needs positive integers, got {cfg.critic_hidden}")
         defaults = ModelConfig()
@@ -191,6 +202,10 @@ class ModelConfig:
             if getattr(cfg, key) != getattr(defaults, key) and cfg.model not in models:
                 flag = "--" + key.replace("_", "-")
                 raise UsageError(f"{flag} is an option of --model {' / '.join(sorted(models))}, not {cfg.model!r}; drop {flag}")
+        if cfg.adversarial_weight != 1.0 and cfg.phases != "joint":
+            raise UsageError("--adversarial-weight weighs the generator loss against the reconstruction in the one update "
+                             "of --phases joint; under the paper's phases the generator's own Adam step does not change "
+                             "with a constant weight: add --phases joint or drop --adversarial-weight")
         for flag, value in (("--beta", cfg.beta), ("--free-bits", cfg.free_bits)):
             if value < 0:
                 raise UsageError(f"{flag} must be >= 0, got {value}")

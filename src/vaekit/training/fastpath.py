@@ -354,11 +354,12 @@ class FastAAEStep(_HandDerived):
                 logits, hs = self._forward("r", self.disc, self.disc_act, torch.cat([prior_z, z]))
                 real, fake = logits[:b], logits[b:]
                 g_loss = F.softplus(-fake).mean()
+                w = m.config.adversarial_weight
                 g_adv = self._backward("r", self.disc, self.disc_act, [h[b:] for h in hs],
-                                       torch.sigmoid(fake).sub_(1.0).mul_(1.0 / b), need_input_grad=True,
+                                       torch.sigmoid(fake).sub_(1.0).mul_(w / b), need_input_grad=True,
                                        param_grads=False, tag="gen")
                 self._encoder_backward(g_z.add_(g_adv), logvar, eps, enc_hs)
-                apply("autoencoder", recon + g_loss, self._check())
+                apply("autoencoder", recon + w * g_loss, self._check())
                 d_loss, acc = self._discriminator_loss_grad(logits, hs, b)
                 apply("discriminator", d_loss, self._check())
             else:  # the paper's order: reconstruction; discriminator; generator on the same new codes
