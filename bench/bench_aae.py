@@ -199,7 +199,8 @@ def main() -> int:
         grid = f"aae-samples-{name}.png"
         save_samples(args.results / grid, res.pop("samples"), kind=d.spec.kind, nrow=8)
         rows[name] = {"model": model_name, "prior": prior, "latent_dim": 2 if two_d else args.latent_dim,
-                      **({"encoder": args.encoder, "phases": args.phases} if model_name == "aae" else {}), "budget_min": args.budget_min,
+                      **({"encoder": args.encoder, "phases": args.phases, "adversarial_weight": args.adversarial_weight}
+                         if model_name == "aae" else {}), "budget_min": args.budget_min,
                       "train_examples": len(d.train), **timing, **res, "grid": grid, "features": describe(meta),
                       "feature_net": str(ref_dir), "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv)}
         print(json.dumps({k: v for k, v in rows[name].items() if k not in ("command", "features")}), file=sys.stderr)

@@ -219,7 +219,7 @@ def _generator_text(args: argparse.Namespace, aug: list[dict]) -> str:
                 f"training images, only the draw's labels visible; {epochs})")
     where = ("the labelled examples only" if args.aug_model == "cvae"
              else "all training images, only those labels visible")
-    return f"{args.aug_model} ({args.aug_hidden} hidden, latent {args.aug_latent_dim}), trained on {where}, {epochs}"
+    return f"{args.aug_model} ({args.aug_hidden or 'default'} hidden, latent {args.aug_latent_dim}), trained on {where}, {epochs}"
 
 
 def _pm(v: list[float]) -> str:
@@ -230,7 +230,7 @@ def _pm(v: list[float]) -> str:
 
 
 def table(gen: list[dict], aug: list[dict], args: argparse.Namespace, wall_s: float) -> str:
-    arch = f"{args.arch} {','.join(map(str, args.hidden or []))} latent {args.latent_dim}"
+    arch = f"{args.arch} {','.join(map(str, args.hidden)) if args.hidden else 'default'} latent {args.latent_dim}"
     lines = [f"# Conditional generation and augmentation ({time.strftime('%Y-%m-%d')})", "",
              f"Command: `{' '.join(sys.argv)}`  ", f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads; total {wall_s / 60:.1f} min"
@@ -278,7 +278,7 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, default=SHARED, help="folder holding mnist/ and fashion-mnist/")
     ap.add_argument("--datasets", default="mnist,fashion-mnist")
     ap.add_argument("--arch", default="mlp")
-    ap.add_argument("--hidden", default="512,512")
+    ap.add_argument("--hidden", default="512,512", help="MLP widths or conv channels; 'default': vaekit's for --arch")
     ap.add_argument("--latent-dim", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=100, help="at most this many epochs per generative model")
@@ -310,7 +310,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "conditional.md")
     args = ap.parse_args()
-    args.hidden, args.aug_hidden = ([int(v) for v in s.split(",")] for s in (args.hidden, args.aug_hidden))
+    args.hidden, args.aug_hidden = ((None if s == "default" else [int(v) for v in s.split(",")])
+                                    for s in (args.hidden, args.aug_hidden))
     if args.quick:
         args.epochs, args.clf_epochs, args.per_class, args.draws = 1, 1, 50, min(args.draws, 1)
         args.generated, args.aug_cvae_steps, args.aug_clf_steps = 500, 100, 100
