@@ -83,6 +83,20 @@ def test_missing_mask_shapes_and_bad_arguments(digits):
     xs = x[:4]
     assert missing_mask(xs, np.ones(64)).all()  # flat mask for images
     assert missing_mask(xs, np.zeros((4, 1, 8, 8))).sum() == 0
+    # masks of pixels without the channel axis: (H, W) for all, (N, H, W) for one channel
+    top = np.zeros((8, 8)); top[:4] = 1
+    got = missing_mask(xs, top)
+    assert got.shape == (4, 1, 8, 8) and bool(got[:, :, :4].all()) and not bool(got[:, :, 4:].any())
+    per = np.zeros((4, 8, 8)); per[1, 0, 0] = 1
+    got = missing_mask(xs, per)
+    assert got.shape == (4, 1, 8, 8) and int(got.sum()) == 1 and bool(got[1, 0, 0, 0])
+    rgb = torch.zeros(2, 3, 8, 8)
+    got = missing_mask(rgb, top)
+    assert got.shape == (2, 3, 8, 8) and int(got.sum()) == 2 * 3 * 32
+    with pytest.raises(DataError, match="mask has shape"):
+        missing_mask(rgb, np.zeros((2, 8, 8)))  # (N, H, W) is ambiguous with three channels: refused
+    with pytest.raises(DataError, match="mask has shape"):
+        missing_mask(xs, np.zeros((3, 8, 8)))  # three masks for four examples
     with pytest.raises(DataError, match="mask has shape"):
         missing_mask(xs, np.zeros((3, 3)))
     with pytest.raises(UsageError, match="valid: hmc"):

@@ -68,7 +68,9 @@ def missing_mask(x: torch.Tensor, mask: Any = None) -> torch.Tensor:
     """Where values are missing: NaN in ``x`` or True (non-zero) in ``mask``. Returns bool (N, *shape).
 
     ``mask`` is None, or anything broadcastable to x's shape: (N, *shape), one (*shape) for all
-    examples, or a flat (N, D) / (D,) for image data with D values per example.
+    examples, or a flat (N, D) / (D,) for image data with D values per example. Images (C, H, W)
+    also take a mask of pixels without the channel axis: one (H, W) for every example and channel,
+    or (N, H, W) when C is 1.
     """
     miss = torch.isnan(x)
     if mask is None:
@@ -80,6 +82,9 @@ def missing_mask(x: torch.Tensor, mask: Any = None) -> torch.Tensor:
     shape = tuple(x.shape[1:])
     if m.dim() >= 1 and m.shape[-1] == math.prod(shape) and tuple(m.shape[-len(shape):]) != shape:
         m = m.reshape(*m.shape[:-1], *shape)  # flat masks for images
+    elif len(shape) == 3 and m.dim() in (2, 3) and tuple(m.shape[-2:]) == shape[1:] and tuple(m.shape) != shape:
+        # a mask of pixels: (H, W) for every channel; (N, H, W) for single-channel images
+        m = m.expand(shape) if m.dim() == 2 else (m.unsqueeze(1) if shape[0] == 1 else m)
     if m.dim() == len(shape):
         m = m.unsqueeze(0)
     if m.dim() != x.dim() or tuple(m.shape[1:]) != shape or m.shape[0] not in (1, x.shape[0]):
