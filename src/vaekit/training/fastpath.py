@@ -304,10 +304,15 @@ class FastAAEStep(_HandDerived):
 
     def _generator_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the generator's loss, its gradient on z); the discriminator's .grad is not touched."""
-        f, hs = self._forward("c", self.disc, self.disc_act, z)
+        return self._generator_loss_grad("c", *self._forward("c", self.disc, self.disc_act, z))
+
+    def _generator_loss_grad(self, name: str, f: torch.Tensor, hs: list[torch.Tensor], weight: float = 1.0,
+                             tag: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """``_generator_grad`` from the discriminator's forward pass ``name`` on the codes (logits
+        ``f``, layer inputs ``hs``), the gradient scaled by ``weight``."""
         g_loss = F.softplus(-f).mean()
-        g_z = self._backward("c", self.disc, self.disc_act, hs, torch.sigmoid(f).sub_(1.0).mul_(1.0 / len(z)),
-                             need_input_grad=True, param_grads=False)
+        g_z = self._backward(name, self.disc, self.disc_act, hs, torch.sigmoid(f).sub_(1.0).mul_(weight / len(f)),
+                             need_input_grad=True, param_grads=False, tag=tag)
         return g_loss, g_z
 
     def _discriminator_grad(self, prior_z: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -352,12 +357,8 @@ class FastAAEStep(_HandDerived):
                 b = len(z)
                 prior_z = m.prior.sample(b, device=x.device, dtype=z.dtype)
                 logits, hs = self._forward("r", self.disc, self.disc_act, torch.cat([prior_z, z]))
-                real, fake = logits[:b], logits[b:]
-                g_loss = F.softplus(-fake).mean()
                 w = m.config.adversarial_weight
-                g_adv = self._backward("r", self.disc, self.disc_act, [h[b:] for h in hs],
-                                       torch.sigmoid(fake).sub_(1.0).mul_(w / b), need_input_grad=True,
-                                       param_grads=False, tag="gen")
+                g_loss, g_adv = self._generator_loss_grad("r", logits[b:], [h[b:] for h in hs], w, tag="gen")
                 self._encoder_backward(g_z.add_(g_adv), logvar, eps, enc_hs)
                 apply("autoencoder", recon + w * g_loss, self._check())
                 d_loss, acc = self._discriminator_loss_grad(logits, hs, b)
