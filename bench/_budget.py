@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -12,16 +13,50 @@ class _Budget(Exception):
     pass
 
 
-def fit_within(trainer, budget_s: float, *, whole_epochs: bool = False) -> tuple[torch.nn.Module, dict]:
+def fit_within(trainer, budget_s: float, *, whole_epochs: bool = False,
+               probe: Callable[[torch.nn.Module, dict], None] | None = None,
+               probe_every_s: float = 0.0) -> tuple[torch.nn.Module, dict]:
     """``trainer.fit()`` until ``budget_s`` seconds have passed, checked after each epoch: with
     ``whole_epochs`` an epoch that would not fit (as long as the last one) is not started, else
     training stops at the first epoch end past the budget. Returns (the evaluated weights in eval
-    mode, {"epochs", "seconds", "examples_per_s": median over epochs after the first})."""
+    mode, {"epochs", "seconds", "examples_per_s": median over epochs after the first}).
+
+    ``probe(eval_model, rec)``, if given, runs at the end of the first epoch after each
+    ``probe_every_s`` seconds of training and after the last epoch (a learning curve of something
+    costly, such as a sample score): in eval mode, under a forked RNG (the training's random stream
+    is the one it would have been without probes), and its time is not counted in the budget or in
+    "seconds"."""
     t0 = time.perf_counter()
+    paused = 0.0  # seconds spent in probes
+    next_probe = probe_every_s
+    probed: list[dict] = []
+
+    def run_probe(rec: dict) -> None:
+        nonlocal paused
+        p0 = time.perf_counter()
+        model = trainer.eval_model
+        modes = [(m, m.training) for m in model.modules()]  # per module: a model may freeze parts
+        try:
+            model.eval()
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                probe(model, rec)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+            paused += time.perf_counter() - p0
 
     def stop(_trainer, rec: dict) -> None:
+        nonlocal next_probe
+        trained = time.perf_counter() - t0 - paused
         ahead = rec.get("epoch_time_s", 0.0) if whole_epochs else 0.0
-        if time.perf_counter() - t0 + ahead > budget_s:
+        last = trained + ahead > budget_s
+        if probe is not None and (last or trained >= next_probe):
+            rec["train_minutes"] = trained / 60.0
+            run_probe(rec)
+            probed.append(rec)
+            if probe_every_s > 0:  # the next multiple of probe_every_s (0: every epoch)
+                next_probe = (trained // probe_every_s + 1) * probe_every_s
+        if last:
             raise _Budget
 
     trainer.callbacks.append(stop)
@@ -32,8 +67,11 @@ def fit_within(trainer, budget_s: float, *, whole_epochs: bool = False) -> tuple
     finally:
         trainer.callbacks.remove(stop)
     hist = trainer.history
+    if probe is not None and hist and (not probed or probed[-1] is not hist[-1]):  # ended by --epochs
+        hist[-1]["train_minutes"] = (time.perf_counter() - t0 - paused) / 60.0
+        run_probe(hist[-1])
     speeds = [r["samples_per_s"] for r in hist[1:]] or [r["samples_per_s"] for r in hist]
-    return trainer.eval_model.eval(), {"epochs": len(hist), "seconds": time.perf_counter() - t0,
+    return trainer.eval_model.eval(), {"epochs": len(hist), "seconds": time.perf_counter() - t0 - paused,
                                        "examples_per_s": float(np.median(speeds))}
 
 

@@ -73,8 +73,10 @@ def perceptual_net(name: str, d: Data, args: argparse.Namespace) -> Path:
     return where
 
 
-def train_one(kind: str, name: str, d: Data, args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
-    """Train one model under the budget; returns (its evaluated weights, timing)."""
+def train_one(kind: str, name: str, d: Data, args: argparse.Namespace,
+              probe=None) -> tuple[torch.nn.Module, dict]:
+    """Train one model under the budget; returns (its evaluated weights, timing). ``probe(model,
+    rec)`` runs every ``--curve-every-min`` minutes of training (not counted in the budget)."""
     opts = dict(source=name, arch="conv", latent_dim=args.latent_dim, epochs=10_000, batch_size=args.batch_size,
                 seed=args.seed, device="cpu")
     if args.hidden:
@@ -90,8 +92,22 @@ def train_one(kind: str, name: str, d: Data, args: argparse.Namespace) -> tuple[
     model = build_perceptual(cfg, d) if kind == "perceptual" else build_model(cfg.model, d.spec)
     budget_s = args.budget_min * 60.0
     trainer = Trainer(model, d, cfg.train, None, progress=False)
-    model, stats = fit_within(trainer, budget_s, whole_epochs=True)
+    model, stats = fit_within(trainer, budget_s, whole_epochs=True, probe=probe,
+                              probe_every_s=args.curve_every_min * 60.0)
     return model, {**stats, "seconds": round(stats["seconds"], 1)}
+
+
+def curve_probe(d: Data, ref: torch.nn.Module, real: np.ndarray, args: argparse.Namespace, curve: list):
+    """A probe for ``fit_within``: the classifier FD of ``--curve-samples`` samples against the
+    scored test features, appended to ``curve`` as [training minutes, epochs, FD]. Fewer samples
+    than the final score: FD is biased upward at small n, so compare points of a curve with each
+    other and the final row with the final rows."""
+    def probe(model: torch.nn.Module, rec: dict) -> None:
+        fake = embed_all(ref, sample(model, args.curve_samples, seed=args.seed + 1))
+        curve.append([round(rec["train_minutes"], 2), rec["epoch"] + 1, round(frechet_distance(real, fake), 2)])
+        print(f"  curve: {curve[-1][0]:.1f} min, epoch {curve[-1][1]}, FD({args.curve_samples}) {curve[-1][2]:.1f}",
+              file=sys.stderr, flush=True)
+    return probe
 
 
 def score(model: torch.nn.Module, d: Data, ref: torch.nn.Module, real: np.ndarray, args: argparse.Namespace) -> dict:
@@ -129,7 +145,17 @@ def table(rows: dict, args: argparse.Namespace) -> str:
         cells = [f"![]({rows[f'{name}/{m}']['grid']}) FD {rows[f'{name}/{m}']['fd']:.2f}"
                  if "grid" in rows.get(f"{name}/{m}", {}) else "-" for m in MODEL_NAMES]
         grids.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines + [""] + notes + [""] + [f"- FD features: {f}" for f in feats] + grids) + "\n"
+    curves = []
+    for key in sorted(rows):
+        if rows[key].get("curve"):
+            r = rows[key]
+            pts = ", ".join(f"{m:g} min (epoch {e}): {fd:.1f}" for m, e, fd in r["curve"])
+            curves.append(f"- {r['dataset']} {r['model']}: {pts}")
+    if curves:
+        n = sorted({rows[k]["curve_samples"] for k in rows if rows[k].get("curve")})
+        curves = ["", f"## FD during training ({'/'.join(map(str, n))} samples per point; biased upward against "
+                  f"the final rows' {args.n_samples})", ""] + curves
+    return "\n".join(lines + [""] + notes + [""] + [f"- FD features: {f}" for f in feats] + curves + grids) + "\n"
 
 
 def main() -> int:
@@ -149,6 +175,9 @@ def main() -> int:
     ap.add_argument("--equilibrium", type=float, default=None, help="VAE-GAN: --equilibrium (default: the model's)")
     ap.add_argument("--margin", type=float, default=None, help="VAE-GAN: --margin (default: the model's)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where the table, JSON and grids go")
+    ap.add_argument("--curve-every-min", type=float, default=0.0,
+                    help="score --curve-samples samples every this many minutes of training (not counted in the budget)")
+    ap.add_argument("--curve-samples", type=int, default=2000)
     args = ap.parse_args()
     if args.hidden:
         args.hidden = [int(h) for h in args.hidden.split(",")]
@@ -169,12 +198,15 @@ def main() -> int:
                 rows[key] = {"dataset": name, "model": kind, "skipped": "--model vaegan is not registered yet"}
                 continue
             print(f"{name} {kind}: training for at most {args.budget_min} min", file=sys.stderr)
-            model, timing = train_one(kind, name, d, args)
+            curve: list = []
+            probe = curve_probe(d, ref, real, args, curve) if args.curve_every_min > 0 else None
+            model, timing = train_one(kind, name, d, args, probe)
             res = score(model, d, ref, real, args)
             grid = results / f"sharpness-{name}-{kind}.png"
             save_samples(grid, res.pop("samples"), kind=d.spec.kind, nrow=8)
             rows[key] = {"dataset": name, "model": kind, "budget_min": args.budget_min,
                          "train_examples": len(d.train), **timing, **res, "grid": grid.name,
+                         **({"curve": curve, "curve_samples": args.curve_samples} if curve else {}),
                          "features": describe(meta), "feature_net": str(ref_dir),
                          "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv)}
             print(json.dumps({k: v for k, v in rows[key].items() if k not in ("command", "features")}), file=sys.stderr)
