@@ -94,14 +94,32 @@ def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def train_model(name: str, data: Data, args: argparse.Namespace, *, epochs: int, budget_s: float,
-                **model_kw) -> tuple[torch.nn.Module, dict]:
+                probe=None, **model_kw) -> tuple[torch.nn.Module, dict]:
     """Train a model (``vaekit.models``) on ``data`` for at most ``epochs`` epochs and ``budget_s``
-    seconds (checked after each epoch). Returns (the evaluated weights, {epochs, seconds, examples/s})."""
+    seconds (checked after each epoch), with ``--lr-schedule`` over the ``epochs``. Returns (the
+    evaluated weights, {epochs, seconds, examples/s}). ``probe(model, rec)`` runs every
+    ``--curve-every-min`` minutes of training, not counted in the budget (``_budget.fit_within``)."""
     torch.manual_seed(args.seed)
     cfg = ModelConfig(model=name, arch=args.arch, hidden=args.hidden, latent_dim=args.latent_dim, **model_kw)
     model = build_model(cfg, data.spec)
-    tcfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, seed=args.seed, device="cpu")
-    return fit_within(Trainer(model, data, tcfg, None, progress=False), budget_s)
+    tcfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, seed=args.seed, device="cpu",
+                       lr_schedule=getattr(args, "lr_schedule", "none"))
+    trainer = Trainer(model, data, tcfg, None, progress=False)
+    model, stats = fit_within(trainer, budget_s, probe=probe, probe_every_s=60.0 * getattr(args, "curve_every_min", 0.0))
+    return model, {**stats, "last_lr": trainer.history[-1]["lr"] if trainer.history else None}
+
+
+def share_probe(ref: SmallCNN, k: int, per_class: int, seed: int, curve: list):
+    """A ``fit_within`` probe: the share of ``per_class`` samples per class that ``ref`` labels as
+    asked, appended to ``curve`` as [training minutes, epochs, share]."""
+    y = torch.arange(k).repeat_interleave(per_class)
+
+    def probe(model: torch.nn.Module, rec: dict) -> None:
+        share = float((predict(ref, sample(model, len(y), y=y, seed=seed + 1))[0] == y).float().mean())
+        curve.append([round(rec["train_minutes"], 2), rec["epoch"] + 1, round(share, 4)])
+        print(f"  curve: {curve[-1][0]:.1f} min, epoch {curve[-1][1]}, labelled as asked {100 * share:.2f}%",
+              file=sys.stderr, flush=True)
+    return probe
 
 
 def load(name: str, args: argparse.Namespace) -> Data:
@@ -122,18 +140,24 @@ def generation_rows(name: str, args: argparse.Namespace) -> dict:
     row = {"dataset": name, "classifier_test_acc": float((pred == d.test.y).float().mean()),
            "classifier_s": time.perf_counter() - t0}
     budget = args.budget_min * 60
-    cvae, row["cvae"] = train_model("cvae", d, args, epochs=args.epochs, budget_s=budget,
+    curve: list = []
+    probe = share_probe(ref, k, args.curve_per_class, args.seed, curve) if args.curve_every_min > 0 else None
+    cvae, row["cvae"] = train_model("cvae", d, args, epochs=args.epochs, budget_s=budget, probe=probe,
                                     conditional_prior=args.conditional_prior)
-    vae, row["vae"] = train_model("vae", d, args, epochs=args.epochs, budget_s=budget)
+    if curve:
+        row["cvae"]["curve"] = curve
     y = torch.arange(k).repeat_interleave(args.per_class)
     xs = sample(cvae, len(y), y=y, seed=args.seed)
     p, f_cvae = predict(ref, xs)
     row["cvae"]["conditional_acc"] = float((p == y).float().mean())
     row["cvae"]["per_class_acc"] = [float((p[y == c] == c).float().mean()) for c in range(k)]
     row["cvae"]["frechet"] = frechet(real_feats, f_cvae)
-    _, f_vae = predict(ref, sample(vae, len(y), seed=args.seed))
-    row["vae"]["frechet"] = frechet(real_feats, f_vae)
-    row["throughput_ratio"] = row["cvae"]["examples_per_s"] / row["vae"]["examples_per_s"]
+    if not args.skip_vae:
+        args_vae = argparse.Namespace(**{**vars(args), "curve_every_min": 0.0})
+        vae, row["vae"] = train_model("vae", d, args_vae, epochs=args.epochs, budget_s=budget)
+        _, f_vae = predict(ref, sample(vae, len(y), seed=args.seed))
+        row["vae"]["frechet"] = frechet(real_feats, f_vae)
+        row["throughput_ratio"] = row["cvae"]["examples_per_s"] / row["vae"]["examples_per_s"]
     print(f"{name}: {row}", flush=True)
     return row
 
@@ -166,7 +190,7 @@ def augmentation_rows(args: argparse.Namespace) -> list[dict]:
                 data, epochs, bs = (Data(d.spec, d.train.replace(y=y_seen), d.val[:0], d.test, d.source),
                                     args.epochs, None)
             epochs = epochs or max(1, args.aug_cvae_steps // math.ceil(len(real) / bs))
-            args_small = argparse.Namespace(**{**vars(args), "batch_size": bs or args.batch_size,
+            args_small = argparse.Namespace(**{**vars(args), "batch_size": bs or args.batch_size, "lr_schedule": "none",
                                                "hidden": args.aug_hidden, "latent_dim": args.aug_latent_dim})
             gen, info = train_model(args.aug_model, data, args_small, epochs=epochs, budget_s=args.budget_min * 60)
         x_gen, y_gen = (torch.from_numpy(a) for a in augment(gen, args.generated // k, agree=args.aug_filter,
@@ -238,21 +262,30 @@ def table(gen: list[dict], aug: list[dict], args: argparse.Namespace, wall_s: fl
              ]
     if gen:
         prior = "a learned conditional prior p(z|c)" if args.conditional_prior else "the prior N(0, I)"
-        lines += [f"Models: {arch}, batch {args.batch_size}, at most {args.epochs} epochs / {args.budget_min:g} min each; "
+        sched = ""
+        if args.lr_schedule == "cosine":
+            last = ", ".join(f"{r['dataset']} {r['cvae']['last_lr']:.2g}" for r in gen)
+            sched = f", learning rate cosine over the {args.epochs} epochs (last epoch's rate: {last})"
+        lines += [f"Models: {arch}, batch {args.batch_size}, at most {args.epochs} epochs / {args.budget_min:g} min each{sched}; "
                   f"CVAE samples draw z from {prior}; reference CNN {args.clf_epochs} epochs.",
                   "", "| dataset | reference CNN test acc | CVAE samples labelled as asked (target) | classifier FD "
                   "CVAE | classifier FD VAE | CVAE epochs (min) | VAE epochs (min) | CVAE / VAE examples/s |",
                   "|---|---|---|---|---|---|---|---|"]
     for r in gen:
-        c, v = r["cvae"], r["vae"]
+        c, v = r["cvae"], r.get("vae")
+        vae_cells = ((f"{v['frechet']:.2f}", f"{v['epochs']} ({v['seconds'] / 60:.1f})",
+                      f"{c['examples_per_s']:.0f} / {v['examples_per_s']:.0f} = {100 * r['throughput_ratio']:.0f}% (>= 75%)")
+                     if v else ("- (--skip-vae)", "-", f"{c['examples_per_s']:.0f} / -"))
         lines.append(f"| {r['dataset']} | {100 * r['classifier_test_acc']:.2f}% | {100 * c['conditional_acc']:.2f}% "
-                     f"(>= {100 * TARGETS.get(r['dataset'], 0):.0f}%) | {c['frechet']:.2f} | {v['frechet']:.2f} | "
-                     f"{c['epochs']} ({c['seconds'] / 60:.1f}) | {v['epochs']} ({v['seconds'] / 60:.1f}) | "
-                     f"{c['examples_per_s']:.0f} / {v['examples_per_s']:.0f} = {100 * r['throughput_ratio']:.0f}% "
-                     "(>= 75%) |")
+                     f"(>= {100 * TARGETS.get(r['dataset'], 0):.0f}%) | {c['frechet']:.2f} | {vae_cells[0]} | "
+                     f"{c['epochs']} ({c['seconds'] / 60:.1f}) | {vae_cells[1]} | {vae_cells[2]} |")
     for r in gen:
         lines.append(f"\n{r['dataset']} CVAE per-class share labelled as asked: "
                      + ", ".join(f"{i}: {100 * a:.1f}%" for i, a in enumerate(r["cvae"]["per_class_acc"])))
+        if r["cvae"].get("curve"):
+            lines.append(f"\n{r['dataset']} CVAE share labelled as asked during training ({args.curve_per_class} "
+                         "samples per class per point): " + ", ".join(
+                             f"{m:g} min (epoch {e}): {100 * a:.2f}%" for m, e, a in r["cvae"]["curve"]))
     if aug:
         real, mixed = [r["real_only"] for r in aug], [r["real_plus_generated"] for r in aug]
         gain = [b - a for a, b in zip(real, mixed)]
@@ -285,6 +318,12 @@ def main() -> int:
     ap.add_argument("--budget-min", type=float, default=30.0, help="at most this many minutes per generative model")
     ap.add_argument("--conditional-prior", action="store_true",
                     help="the CVAE learns p(z|c) and its samples draw z from it (default: N(0, I))")
+    ap.add_argument("--lr-schedule", default="none", choices=["none", "cosine"],
+                    help="the generative models' learning rate over --epochs (cosine: to 0 at the last epoch)")
+    ap.add_argument("--skip-vae", action="store_true", help="train the CVAE only (no VAE row, no throughput ratio)")
+    ap.add_argument("--curve-every-min", type=float, default=0.0,
+                    help="judge --curve-per-class CVAE samples per class every this many minutes of training")
+    ap.add_argument("--curve-per-class", type=int, default=200)
     ap.add_argument("--clf-epochs", type=int, default=4, help="epochs of the reference classifier")
     ap.add_argument("--per-class", type=int, default=1000, help="samples per class for accuracy and FD")
     ap.add_argument("--draws", type=int, default=5, help="label draws of the augmentation experiment (0: skip)")
