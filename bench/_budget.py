@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
@@ -29,7 +30,6 @@ def fit_within(trainer, budget_s: float, *, whole_epochs: bool = False,
     t0 = time.perf_counter()
     paused = 0.0  # seconds spent in probes
     next_probe = probe_every_s
-    probed: list[dict] = []
 
     def run_probe(rec: dict) -> None:
         nonlocal paused
@@ -53,7 +53,6 @@ def fit_within(trainer, budget_s: float, *, whole_epochs: bool = False,
         if probe is not None and (last or trained >= next_probe):
             rec["train_minutes"] = trained / 60.0
             run_probe(rec)
-            probed.append(rec)
             if probe_every_s > 0:  # the next multiple of probe_every_s (0: every epoch)
                 next_probe = (trained // probe_every_s + 1) * probe_every_s
         if last:
@@ -67,12 +66,23 @@ def fit_within(trainer, budget_s: float, *, whole_epochs: bool = False,
     finally:
         trainer.callbacks.remove(stop)
     hist = trainer.history
-    if probe is not None and hist and (not probed or probed[-1] is not hist[-1]):  # ended by --epochs
+    if probe is not None and hist and "train_minutes" not in hist[-1]:  # ended by --epochs, not yet probed
         hist[-1]["train_minutes"] = (time.perf_counter() - t0 - paused) / 60.0
         run_probe(hist[-1])
     speeds = [r["samples_per_s"] for r in hist[1:]] or [r["samples_per_s"] for r in hist]
     return trainer.eval_model.eval(), {"epochs": len(hist), "seconds": time.perf_counter() - t0 - paused,
                                        "examples_per_s": float(np.median(speeds))}
+
+
+def curve_probe(score: Callable[[torch.nn.Module], float], curve: list, label: str
+                ) -> Callable[[torch.nn.Module, dict], None]:
+    """A ``fit_within`` probe that appends [training minutes, epochs, ``score(model)``] to ``curve``
+    and prints the point (``label`` names the score)."""
+    def probe(model: torch.nn.Module, rec: dict) -> None:
+        value = float(score(model))
+        curve.append([round(rec["train_minutes"], 2), rec["epoch"] + 1, round(value, 4)])
+        print(f"  curve: {curve[-1][0]:.1f} min, epoch {curve[-1][1]}, {label} {value:.4g}", file=sys.stderr, flush=True)
+    return probe
 
 
 def train_within(opts: dict, data, budget_s: float, seed: int) -> tuple[torch.nn.Module, dict]:

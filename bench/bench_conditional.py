@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _budget import fit_within  # noqa: E402
+from _budget import curve_probe, fit_within  # noqa: E402
 from vaekit.apps.generate import augment, sample
 from vaekit.apps.sample_quality import frechet_distance
 from vaekit.config import TrainConfig
@@ -103,23 +103,18 @@ def train_model(name: str, data: Data, args: argparse.Namespace, *, epochs: int,
     cfg = ModelConfig(model=name, arch=args.arch, hidden=args.hidden, latent_dim=args.latent_dim, **model_kw)
     model = build_model(cfg, data.spec)
     tcfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, seed=args.seed, device="cpu",
-                       lr_schedule=getattr(args, "lr_schedule", "none"))
+                       lr_schedule=args.lr_schedule)
     trainer = Trainer(model, data, tcfg, None, progress=False)
-    model, stats = fit_within(trainer, budget_s, probe=probe, probe_every_s=60.0 * getattr(args, "curve_every_min", 0.0))
+    model, stats = fit_within(trainer, budget_s, probe=probe, probe_every_s=60.0 * args.curve_every_min)
     return model, {**stats, "last_lr": trainer.history[-1]["lr"] if trainer.history else None}
 
 
 def share_probe(ref: SmallCNN, k: int, per_class: int, seed: int, curve: list):
     """A ``fit_within`` probe: the share of ``per_class`` samples per class that ``ref`` labels as
-    asked, appended to ``curve`` as [training minutes, epochs, share]."""
+    asked, appended to ``curve``."""
     y = torch.arange(k).repeat_interleave(per_class)
-
-    def probe(model: torch.nn.Module, rec: dict) -> None:
-        share = float((predict(ref, sample(model, len(y), y=y, seed=seed + 1))[0] == y).float().mean())
-        curve.append([round(rec["train_minutes"], 2), rec["epoch"] + 1, round(share, 4)])
-        print(f"  curve: {curve[-1][0]:.1f} min, epoch {curve[-1][1]}, labelled as asked {100 * share:.2f}%",
-              file=sys.stderr, flush=True)
-    return probe
+    return curve_probe(lambda model: (predict(ref, sample(model, len(y), y=y, seed=seed + 1))[0] == y).float().mean(),
+                       curve, "share labelled as asked")
 
 
 def load(name: str, args: argparse.Namespace) -> Data:
@@ -153,8 +148,7 @@ def generation_rows(name: str, args: argparse.Namespace) -> dict:
     row["cvae"]["per_class_acc"] = [float((p[y == c] == c).float().mean()) for c in range(k)]
     row["cvae"]["frechet"] = frechet(real_feats, f_cvae)
     if not args.skip_vae:
-        args_vae = argparse.Namespace(**{**vars(args), "curve_every_min": 0.0})
-        vae, row["vae"] = train_model("vae", d, args_vae, epochs=args.epochs, budget_s=budget)
+        vae, row["vae"] = train_model("vae", d, args, epochs=args.epochs, budget_s=budget)
         _, f_vae = predict(ref, sample(vae, len(y), seed=args.seed))
         row["vae"]["frechet"] = frechet(real_feats, f_vae)
         row["throughput_ratio"] = row["cvae"]["examples_per_s"] / row["vae"]["examples_per_s"]

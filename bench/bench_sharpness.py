@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _budget import fit_within  # noqa: E402
+from _budget import curve_probe, fit_within  # noqa: E402
 from vaekit.apps.feature_net import reference_feature_net, save_feature_net, train_feature_net
 from vaekit.apps.generate import sample
 from vaekit.apps.sample_quality import describe, embed_all, frechet_distance, precision_recall
@@ -97,17 +97,14 @@ def train_one(kind: str, name: str, d: Data, args: argparse.Namespace,
     return model, {**stats, "seconds": round(stats["seconds"], 1)}
 
 
-def curve_probe(d: Data, ref: torch.nn.Module, real: np.ndarray, args: argparse.Namespace, curve: list):
+def fd_curve_probe(ref: torch.nn.Module, real: np.ndarray, args: argparse.Namespace, curve: list):
     """A probe for ``fit_within``: the classifier FD of ``--curve-samples`` samples against the
-    scored test features, appended to ``curve`` as [training minutes, epochs, FD]. Fewer samples
-    than the final score: FD is biased upward at small n, so compare points of a curve with each
-    other and the final row with the final rows."""
-    def probe(model: torch.nn.Module, rec: dict) -> None:
-        fake = embed_all(ref, sample(model, args.curve_samples, seed=args.seed + 1))
-        curve.append([round(rec["train_minutes"], 2), rec["epoch"] + 1, round(frechet_distance(real, fake), 2)])
-        print(f"  curve: {curve[-1][0]:.1f} min, epoch {curve[-1][1]}, FD({args.curve_samples}) {curve[-1][2]:.1f}",
-              file=sys.stderr, flush=True)
-    return probe
+    scored test features, appended to ``curve``. Fewer samples than the final score: FD is biased
+    upward at small n, so compare points of a curve with each other and the final row with the
+    final rows."""
+    return curve_probe(lambda model: frechet_distance(real, embed_all(ref, sample(model, args.curve_samples,
+                                                                                  seed=args.seed + 1))),
+                       curve, f"FD({args.curve_samples})")
 
 
 def score(model: torch.nn.Module, d: Data, ref: torch.nn.Module, real: np.ndarray, args: argparse.Namespace) -> dict:
@@ -199,7 +196,7 @@ def main() -> int:
                 continue
             print(f"{name} {kind}: training for at most {args.budget_min} min", file=sys.stderr)
             curve: list = []
-            probe = curve_probe(d, ref, real, args, curve) if args.curve_every_min > 0 else None
+            probe = fd_curve_probe(ref, real, args, curve) if args.curve_every_min > 0 else None
             model, timing = train_one(kind, name, d, args, probe)
             res = score(model, d, ref, real, args)
             grid = results / f"sharpness-{name}-{kind}.png"
