@@ -91,7 +91,7 @@ def test_load_errors_name_the_file(trained, tmp_path):
     with pytest.raises(CheckpointError, match="corrupt"):
         load_feature_net(bad)
     unknown = save_feature_net(tmp_path / "unknown", net, {**meta, "architecture": "resnet-9000"})
-    with pytest.raises(UsageError, match="resnet-9000.*valid: mlp, small-cnn"):
+    with pytest.raises(UsageError, match="resnet-9000.*valid: mlp, onnx, small-cnn"):
         load_feature_net(unknown)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / META_FILE).write_text("{not json")

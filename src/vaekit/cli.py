@@ -146,7 +146,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--tensorboard", "tensorboard", str, "also log the training curves and sample grids to this folder for TensorBoard "
      "(needs pip install 'vaekit[tensorboard]'; --resume appends to it)"),
     ("--recon-loss", "recon_loss", str, "likelihood | perceptual (adds a frozen feature net's feature distance, DFC-VAE)"),
-    ("--feature-net", "feature_net", str, "--recon-loss perceptual: a directory written by vaekit features (safetensors + architecture name)"),
+    ("--feature-net", "feature_net", str, "--recon-loss perceptual: a directory written by vaekit features (safetensors + architecture name), or a classifier exported to ONNX (.onnx)"),
     ("--perceptual-weight", "perceptual_weight", _finite, "weight of the perceptual term against the pixel log-likelihood"),
 ]
 
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also a classifier Frechet distance and precision/recall of samples against the split "
                         "(features of a reference classifier of the dataset; not Inception FID)")
     e.add_argument("--feature-net", default=None,
-                   help="--sample-quality: the feature net (vaekit features); default: the dataset's cached reference")
+                   help="--sample-quality: the feature net (vaekit features, or an .onnx classifier); default: the dataset's cached reference")
     e.add_argument("--n-samples", type=int, default=None, help="--sample-quality: samples and examples (default min(N, 10000))")
     e.add_argument("--pr-k", type=int, default=3, help="--sample-quality: k of the k-NN manifolds of precision/recall")
     e.add_argument("--prior-mmd", action="store_true",

@@ -82,7 +82,8 @@ class TrainConfig:
     "perceptual" (plus ``perceptual_weight`` times the squared distance between the hidden
     activations of x and of the decoder's mean in the frozen ``feature_net``, DFC-VAE; see
     ``vaekit.perceptual``). A training objective, not a model: the ELBO reported stays the true one.
-    feature_net: a directory written by ``vaekit features`` (its weights are copied into the run).
+    feature_net: a directory written by ``vaekit features``, or a classifier exported to ONNX (``.onnx``;
+        ``apps.onnx_import``); its weights are copied into the run.
     tensorboard: a folder to log the run to for TensorBoard (``vaekit.tensorboard.TensorBoardLogger``:
     every epoch's metrics, sample grids), the optional extra ``vaekit[tensorboard]``; None: no log.
     Where it logs, not what is trained: it may change on --resume, and a resumed run appends to it.

@@ -39,7 +39,7 @@ def check_recon_loss(cfg: RunConfig) -> bool:
         return False
     if t.feature_net is None:
         raise UsageError("--recon-loss perceptual needs --feature-net NET: a directory written by "
-                         "`vaekit features --data DATA --out NET`")
+                         "`vaekit features --data DATA --out NET`, or a classifier exported to ONNX (NET.onnx)")
     if not t.perceptual_weight > 0:
         raise UsageError(f"--perceptual-weight must be positive, got {t.perceptual_weight}")
     m = cfg.model
@@ -49,10 +49,12 @@ def check_recon_loss(cfg: RunConfig) -> bool:
     return True
 
 
-def file_fingerprint(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (name and content, sorted)."""
+def file_fingerprint(path: Path, beside: list[str] | None = None) -> str:
+    """sha256 of a file, or of a directory's files (name and content, sorted); ``beside``: names of
+    further files in the same folder that belong to it (an ONNX file's external data)."""
     h = hashlib.sha256()
     files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    files += [path.parent / name for name in beside or [] if (path.parent / name).is_file()]
     for f in files:
         h.update(f.name.encode() + b"\0")
         h.update(f.read_bytes())
@@ -81,7 +83,7 @@ def build_perceptual(cfg: RunConfig, data: Data) -> BaseModel:
             net_meta[k] = meta[k]
     cfg.model.extra = {**cfg.model.extra, "perceptual": {
         "weight": float(cfg.train.perceptual_weight), "net": net_meta,
-        "source": str(path.resolve()), "fingerprint": file_fingerprint(path)}}
+        "source": str(path.resolve()), "fingerprint": file_fingerprint(path, meta.get("external_data"))}}
     model = build_model(cfg.model, data.spec)
     with torch.no_grad():
         theirs = net.state_dict()

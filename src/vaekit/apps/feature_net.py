@@ -4,9 +4,8 @@ dataset in a cache (``vaekit features``, ``evaluate --sample-quality``, ``--reco
 A feature net is a directory holding ``weights.safetensors`` and ``feature_net.json`` (architecture
 name and arguments, input shape, classes, dataset and its fingerprint, test accuracy, vaekit
 version). The directory appears whole or not at all: it is written under a temporary name beside
-the target and renamed. Nothing is pickled. ONNX files are refused with one line: onnx2torch needs
-torchvision, whose PyPI wheels are built for CUDA builds of torch and do not load with the CPU-only
-torch vaekit pins (and installing it unpinned replaces torch by a CUDA build of several GB).
+the target and renamed. Nothing is pickled. A classifier of the user's own, exported to ONNX, is
+read as well (``apps.onnx_import``): wherever a feature net is asked for, NET may be an .onnx file.
 """
 
 from __future__ import annotations
@@ -147,13 +146,13 @@ def _umask() -> int:
 
 def load_feature_net(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(net in eval mode, metadata) from a directory written by ``save_feature_net`` (or its JSON or
-    weights file). CheckpointError for a missing or corrupt file, UsageError
+    weights file), or from an .onnx classifier (``apps.onnx_import.read_onnx``). CheckpointError for a missing or corrupt file, UsageError
     for an unknown architecture name; each one line naming the file."""
     p = Path(path)
     if p.suffix.lower() == ".onnx":
-        raise UsageError(f"feature net {p}: ONNX files are not read (their converter, onnx2torch, needs torchvision, "
-                         "which has no CPU-only build on PyPI); give a directory written by vaekit features, or "
-                         "save the network's weights as safetensors with a registered architecture name")
+        from .onnx_import import read_onnx
+
+        return read_onnx(p)
     if p.is_file() and p.name in (META_FILE, WEIGHTS_FILE):
         p = p.parent
     if not p.exists():

@@ -92,9 +92,12 @@ def embed_all(net: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000) -> 
 def describe(meta: dict[str, Any]) -> str:
     """What the distance is, for every output: e.g. "classifier Frechet distance (vaekit reference
     small-cnn on fashion-mnist, penultimate features; not Inception FID)"."""
-    who = "vaekit reference" if meta.get("format") == "vaekit-feature-net" else "feature net"
-    return (f"classifier Fréchet distance ({who} {meta.get('architecture', '?')} on {meta.get('dataset', '?')}, "
-            "penultimate features; not Inception FID)")
+    if meta.get("format") == "onnx":
+        who = f"ONNX feature net {meta.get('file', '?')}"
+    else:
+        who = ("vaekit reference" if meta.get("format") == "vaekit-feature-net" else "feature net") \
+            + f" {meta.get('architecture', '?')} on {meta.get('dataset', '?')}"
+    return f"classifier Fréchet distance ({who}, penultimate features; not Inception FID)"
 
 
 def model_samples(model: Any, test: Batch, n: int, seed: int) -> torch.Tensor:

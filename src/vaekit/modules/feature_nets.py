@@ -105,3 +105,12 @@ def build_feature_net(arch: str, input_shape: tuple[int, ...], num_classes: int,
                       arch_args: dict[str, Any] | None = None) -> _FeatureNet:
     """A new (untrained) net of the registered architecture ``arch``; UsageError for an unknown name."""
     return FEATURE_NETS.get(arch)(tuple(input_shape), int(num_classes), **(arch_args or {}))
+
+
+def _register_onnx() -> None:
+    from .onnx_graph import OnnxGraphNet  # a graph read from an .onnx file (apps.onnx_import)
+
+    FEATURE_NETS.register(OnnxGraphNet.arch_name)(OnnxGraphNet)
+
+
+_register_onnx()

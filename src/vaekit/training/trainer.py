@@ -163,9 +163,10 @@ class Trainer:
         # (Only for models that read x alone: the recorded step takes one input tensor.)
         # (Nor under several processes: their gradients are reduced between backward and update.)
         # (Nor under fp16: its loss scale is updated eagerly.)
+        # (Nor for a model that reads values back to the host in its step: an ONNX feature net's shapes.)
         self.use_graphs = (self.device.type == "cuda" and cfg.cuda_graphs and self.opt.fused and not self.players
                            and not getattr(self.model, "batch_fields", ()) and not self.world.active
-                           and not self.precision.scalers)
+                           and not self.precision.scalers and getattr(self.model, "graph_safe", True))
         # The hand-derived step is float32 code: under bf16/fp16, autograd with autocast instead.
         fast = cfg.fast_path and not self.use_graphs and not self.precision.enabled
         self.fast: Any = None
