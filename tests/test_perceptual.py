@@ -147,3 +147,20 @@ def test_a_corrupt_onnx_feature_net_is_refused_with_one_line(tmp_path, capsys):
     err = _bad(tmp_path, capsys, "--recon-loss", "perceptual", "--feature-net", tmp_path / "net.onnx")
     assert "not a valid ONNX model" in err and "net.onnx" in err
 
+
+def test_resume_before_the_first_checkpoint_copies_the_net_in_again(net_dir, tmp_path, capsys):
+    """A perceptual run killed after writing its config but before any checkpoint starts over on
+    --resume: its feature net must hold the net's weights again, not the zeros of a bare build."""
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", "digits", "--recon-loss", "perceptual", "--feature-net", net_dir,
+                       "--out", run, *TINY)
+    assert code == 0, err
+    for name in ("last.safetensors", "last.previous.safetensors", "model.safetensors", "metrics.jsonl"):
+        (run / name).unlink(missing_ok=True)  # as if killed before its first checkpoint
+    code, _, err = cli(capsys, "train", "--out", run, "--resume", "--quiet")
+    assert code == 0, err
+    from vaekit.apps.feature_net import load_feature_net
+
+    original, _ = load_feature_net(net_dir)
+    model = vaekit.load(run)
+    assert torch.equal(model.perceptual.net.features[0].weight, original.features[0].weight)

@@ -167,11 +167,16 @@ def _fit(cfg: RunConfig, run_dir: Path | None, *, resume: bool, perceptual: Any,
 
     torch.manual_seed(cfg.train.seed)
     d = load_run_data(cfg)
-    if not resume and (cfg.data.features is not None or cfg.model.extra.get("features")):  # M1+M2
+    checkpointed = run_dir is not None and any((run_dir / f).exists()
+                                               for f in ("last.safetensors", "last.previous.safetensors"))
+    # a new run, or a resumed one killed before its first checkpoint (which starts over): weights
+    # that come from another file (M1's encoder, a feature net) are copied in again
+    fresh = not (resume and checkpointed)
+    if fresh and (cfg.data.features is not None or cfg.model.extra.get("features")):  # M1+M2
         from .features import build_on_features
 
         model = build_on_features(cfg, d)
-    elif not resume and perceptual:  # the feature net's weights are copied into the model
+    elif fresh and perceptual:  # the feature net's weights are copied into the model
         model = build_perceptual(cfg, d)
     else:
         model = build_model(cfg.model, d.spec)
@@ -180,7 +185,7 @@ def _fit(cfg: RunConfig, run_dir: Path | None, *, resume: bool, perceptual: Any,
     if run_dir is not None:
         if world.writes:
             run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and any((run_dir / f).exists() for f in ("last.safetensors", "last.previous.safetensors")):
+        if resume and checkpointed:
             trainer.resume()
         elif resume and world.writes:  # killed before its first checkpoint: start over with the saved settings
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
