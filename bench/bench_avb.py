@@ -13,7 +13,8 @@ of each mean (``ais_nll_mc_std_err``) is listed too. AVB's "test -ELBO" is its a
 estimate, not a bound, and is shown for information only.
 
 Rows accumulate in bench/results/avb.json (``--runs vae`` and ``--runs avb`` may run in separate
-sessions); the table is bench/results/avb.md.
+sessions); the table is bench/results/avb.md. ``--critic-steps K`` (K > 1) trains AVB with K adversary
+updates per encoder and decoder update; its rows are named avb-kK beside the others.
 
     python bench/bench_avb.py --data-dir ../shared/data [--budget-min 30]
     python bench/bench_avb.py --budget-min 0.3 --train-limit 3000 --ais-n 10 --ais-steps 20 \
@@ -65,6 +66,8 @@ def train_one(name: str, d: Data, args: argparse.Namespace) -> tuple[torch.nn.Mo
         opts["adaptive_contrast"] = ac
         if args.critic_hidden:
             opts["critic_hidden"] = args.critic_hidden
+        if args.critic_steps > 1:
+            opts["critic_steps"] = args.critic_steps
     return train_within(opts, d, args.budget_min * 60.0, args.seed)
 
 
@@ -109,7 +112,11 @@ def table(rows: dict, toy: dict | None) -> str:
              "| model | latent | budget (min) | epochs | examples/s | AIS NLL | MC | Δ vs VAE | test -ELBO | FD | precision | recall | critic acc |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     base = rows.get("vae")
-    for name in RUNS:
+    def order(n: str) -> tuple[int, int]:
+        base, _, k = n.partition("-k")
+        return list(RUNS).index(base), int(k or 1)
+
+    for name in sorted(rows, key=order):
         r = rows.get(name)
         if r is None:
             continue
@@ -148,6 +155,8 @@ def main() -> int:
     ap.add_argument("--arch", default="mlp", help="mlp | conv (the same for every model)")
     ap.add_argument("--hidden", default=None, help="MLP widths or conv channels, e.g. 400 (default: vaekit's)")
     ap.add_argument("--critic-hidden", default=None, help="AVB's adversary widths (default vaekit's: 256,256)")
+    ap.add_argument("--critic-steps", type=int, default=1,
+                    help="AVB: adversary updates per encoder/decoder update (a row named avb-kK when K > 1)")
     ap.add_argument("--latent-dim", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -162,6 +171,8 @@ def main() -> int:
     for key in ("hidden", "critic_hidden"):
         if getattr(args, key):
             setattr(args, key, [int(h) for h in getattr(args, key).split(",")])
+    if args.critic_steps < 1:
+        ap.error("--critic-steps must be at least 1")
     runs = [r for r in args.runs.split(",") if r]
     unknown = [r for r in runs if r not in RUNS]
     if unknown:
@@ -189,11 +200,13 @@ def main() -> int:
             print(f"mnist {name}: training for at most {args.budget_min} min", file=sys.stderr)
             model, timing = train_one(name, d, args)  # Trainer.fit enables grad itself
             res = score(model, d, ref, real, args)
-            rows[name] = {"model": name, "latent_dim": args.latent_dim, "budget_min": args.budget_min,
-                          "train_examples": len(d.train), **timing, **res, "ais_n": min(args.ais_n, len(d.test)),
-                          "ais_steps": args.ais_steps, "features": describe(meta), "feature_net": str(ref_dir),
-                          "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv)}
-            print(json.dumps({k: v for k, v in rows[name].items() if k not in ("command", "features", "per_example_nll")}),
+            key = f"{name}-k{args.critic_steps}" if RUNS[name][0] == "avb" and args.critic_steps > 1 else name
+            rows[key] = {"model": name, "critic_steps": args.critic_steps if RUNS[name][0] == "avb" else None,
+                         "latent_dim": args.latent_dim, "budget_min": args.budget_min,
+                         "train_examples": len(d.train), **timing, **res, "ais_n": min(args.ais_n, len(d.test)),
+                         "ais_steps": args.ais_steps, "features": describe(meta), "feature_net": str(ref_dir),
+                         "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv)}
+            print(json.dumps({k: v for k, v in rows[key].items() if k not in ("command", "features", "per_example_nll")}),
                   file=sys.stderr)
             write()
     write()

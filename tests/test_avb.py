@@ -258,3 +258,38 @@ def test_cli_adaptive_contrast_off_and_refused_for_a_vae(tmp_path, capsys):
     code, _, err = cli(capsys, "train", "--data", "digits", "--model", "vae", "--adaptive-contrast", "off",
                        "--epochs", "1", "--out", tmp_path / "vae")
     assert code == 2 and "--adaptive-contrast" in err and not (tmp_path / "vae").exists()
+
+
+def test_critic_steps_update_the_adversary_k_times_per_vae_update():
+    data = tiny_data()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(model="avb", hidden=[32], latent_dim=4, critic_hidden=[16], critic_steps=3),
+                        data.spec)
+    calls, t_before = [], [p.detach().clone() for p in model.adversary.parameters()]
+
+    def update(player, loss):
+        calls.append(player)
+        assert loss.requires_grad and torch.isfinite(loss)
+        if player == "adversary":  # what the trainer would do: move T, so the next step sees the new T
+            grads = torch.autograd.grad(loss, list(model.adversary.parameters()))
+            with torch.no_grad():
+                for p, g in zip(model.adversary.parameters(), grads):
+                    p -= 0.1 * g
+        return True
+
+    out = model.train_step(data.train.x[:16], update=update)
+    assert calls == ["adversary"] * 3 + ["vae"]
+    assert all(not torch.equal(a, b) for a, b in zip(t_before, model.adversary.parameters()))
+    assert math.isfinite(float(out["loss"])) and 0 <= float(out["critic_acc"]) <= 1
+
+
+def test_cli_critic_steps(tmp_path, capsys):
+    base = ["train", "--data", "digits", "--epochs", "1", "--hidden", "32", "--latent-dim", "2", "--quiet"]
+    code, out, err = cli(capsys, *base, "--model", "avb", "--critic-steps", "2", "--out", tmp_path / "k2", "--json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "k2" / "config.json").read_text())["model"]["critic_steps"] == 2
+    for bad, needle in ((["--model", "avb", "--critic-steps", "0"], "at least 1"),
+                        (["--model", "vae", "--critic-steps", "2"], "--critic-steps is an option of --model avb")):
+        code, _, err = cli(capsys, *base, *bad, "--out", tmp_path / "bad")
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()

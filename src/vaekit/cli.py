@@ -102,6 +102,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--adversarial-weight", "adversarial_weight", _finite, "--model aae --phases joint: weight of the generator loss beside the reconstruction (default 1)"),
     ("--critic-hidden", "critic_hidden", _int_list, "adversarial models: hidden widths (mlp) or channels (conv) of the critic"),
     ("--adaptive-contrast", "adaptive_contrast", _on_off, "--model avb: on | off: contrast q(z|x) with a Gaussian of its moments (default on)"),
+    ("--critic-steps", "critic_steps", int, "--model avb: updates of the adversary T per encoder and decoder update (default 1)"),
     ("--gamma", "gamma", _finite, "--model vaegan: weight of the feature-space reconstruction against the GAN loss in the decoder's update"),
     ("--equilibrium", "equilibrium", _finite, "--model vaegan: the equilibrium of the skip rule (discriminator loss, nats)"),
     ("--margin", "margin", _finite, "--model vaegan: the margin of the skip rule around --equilibrium"),

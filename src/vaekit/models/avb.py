@@ -53,8 +53,9 @@ Architecture (a choice; the paper's MNIST networks differ in detail):
   ``CONV_WIDTH``. The paper's inner-product form of T is not used: the plain MLP learned the
   toy posteriors in tests/test_avb.py as well, and has one fewer design parameter.
 
-Players: "adversary" (T) and "vae" (encoder and decoder). Per batch: one adversary update, then
-one vae update with loss E_q[-log p(x|z)] + beta * kl_weight * KL-estimate, where the estimate is
+Players: "adversary" (T) and "vae" (encoder and decoder). Per batch: ``--critic-steps`` K adversary
+updates (default 1; the K - 1 extra ones first, each on fresh draws of q(z|x) for the batch, made
+without a graph), then one vae update with loss E_q[-log p(x|z)] + beta * kl_weight * KL-estimate, where the estimate is
 T(x, z) (no AC) or T(x, z~) + log r(z|x) - log p(z) (AC); --kl-warmup scales it like a VAE's KL.
 
 What is reported: "recon" (one draw), "kl" (the estimate above), "elbo" = -(recon + kl), an
@@ -84,6 +85,7 @@ from .vae import VAE
 
 MODEL_OPTIONS["adaptive_contrast"].add("avb")
 MODEL_OPTIONS["critic_hidden"].add("avb")
+MODEL_OPTIONS["critic_steps"].add("avb")
 
 MOMENT_SAMPLES = 16  # m: draws of q(z|x) per example behind mu(x), Sigma(x) of adaptive contrast
 ENCODE_SAMPLES = 64  # draws behind encode()'s mean and variance (codes for maps, interpolations)
@@ -297,7 +299,12 @@ class AVB(VAE):
 
     def train_step(self, x: torch.Tensor, *, update: Callable[..., bool], kl_weight: float = 1.0
                    ) -> dict[str, torch.Tensor]:
-        """One adversary update on this batch's codes, then one vae update against the updated T."""
+        """K = ``critic_steps`` adversary updates (K - 1 on fresh draws of q, the last on this batch's
+        scored codes), then one vae update against the updated T."""
+        for _ in range(self.config.critic_steps - 1):
+            with torch.no_grad():
+                t_in = self._codes(x)["t_in"]
+            update("adversary", self.adversary_loss(x, t_in)[0])
         codes = self._codes(x)
         adv, acc = self.adversary_loss(x, codes["t_in"].detach())
         update("adversary", adv)

@@ -29,7 +29,7 @@ ON_FEATURES: dict[str, type] = {}
 #: Options that only some models read, by ModelConfig field: the models that read it (filled by
 #: the model modules); setting one away from its default for another model is refused.
 MODEL_OPTIONS: dict[str, set[str]] = {"encoder": set(), "phases": set(), "critic_hidden": set(), "adversarial_weight": set(), "adaptive_contrast": set(),
-                                      "gamma": set(), "equilibrium": set(), "margin": set()}
+                                      "critic_steps": set(), "gamma": set(), "equilibrium": set(), "margin": set()}
 #: How an adversarial autoencoder's encoder draws its code (``ModelConfig.encoder``).
 ENCODER_KINDS = ("gaussian", "deterministic")
 #: How an adversarial autoencoder orders its updates (``ModelConfig.phases``).
@@ -84,6 +84,9 @@ class ModelConfig:
         --arch conv); None picks the model's default.
     adaptive_contrast: AVB (``models.avb``): contrast the implicit posterior with a Gaussian of its
         own moments (Mescheder et al. 2017, section 4) instead of with the prior.
+    critic_steps: AVB: updates of the adversary T per update of the encoder and decoder (each
+        further one on fresh draws of q(z|x) for the same batch), so that T's KL estimate keeps up
+        with a moving encoder; 1 is the paper's alternation.
     gamma, equilibrium, margin: the VAE-GAN (``models.vaegan``): weight of the feature-space
         reconstruction against the GAN loss in the decoder's update, and the equilibrium rule:
         the discriminator is not updated while its loss on the data or the fakes is below
@@ -117,6 +120,7 @@ class ModelConfig:
     critic_hidden: list[int] | None = None
     adversarial_weight: float = 1.0
     adaptive_contrast: bool = True
+    critic_steps: int = 1
     gamma: float = 1e-2
     equilibrium: float = 0.68
     margin: float = 0.35
@@ -197,6 +201,11 @@ class ModelConfig:
             raise UsageError(f"--adversarial-weight must be a positive number, got {cfg.adversarial_weight}")
         if cfg.critic_hidden is not None and (not cfg.critic_hidden or any(int(h) <= 0 for h in cfg.critic_hidden)):
             raise UsageError(f"--critic-hidden needs positive integers, got {cfg.critic_hidden}")
+        if isinstance(cfg.critic_steps, bool) or not float(cfg.critic_steps).is_integer():
+            raise UsageError(f"--critic-steps must be a whole number, got {cfg.critic_steps}")
+        cfg.critic_steps = int(cfg.critic_steps)
+        if cfg.critic_steps < 1:
+            raise UsageError(f"--critic-steps must be at least 1, got {cfg.critic_steps}")
         defaults = ModelConfig()
         for key, models in MODEL_OPTIONS.items():  # an option of other models, set away from its default
             if getattr(cfg, key) != getattr(defaults, key) and cfg.model not in models:
