@@ -159,6 +159,7 @@ def test_resume_before_the_first_checkpoint_copies_the_net_in_again(net_dir, tmp
         (run / name).unlink(missing_ok=True)  # as if killed before its first checkpoint
     code, _, err = cli(capsys, "train", "--out", run, "--resume", "--quiet")
     assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["model"]["extra"]["perceptual"]["weight"] == 0.1  # default
     from vaekit.apps.feature_net import load_feature_net
 
     original, _ = load_feature_net(net_dir)

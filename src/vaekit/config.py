@@ -114,7 +114,7 @@ class TrainConfig:
     checkpoint_every: float = 60.0
     recon_loss: str = "likelihood"
     feature_net: str | None = None
-    perceptual_weight: float = 1.0
+    perceptual_weight: float = 0.1  # modules.perceptual.DEFAULT_WEIGHT, measured
     tensorboard: str | None = None
     #: several processes (torchrun): "auto" (NCCL on GPUs, gloo on CPUs), "gloo" or "nccl"
     dist_backend: str = "auto"

@@ -18,12 +18,15 @@ import torch.nn as nn
 
 from .feature_nets import build_feature_net
 
-#: --perceptual-weight default. The term sums half the squared difference over every activation of
-#: the net's ReLU layers (~38,000 values on 28x28 images). With the reference CNN of Fashion-MNIST,
-#: a 3x3 box blur of the test images costs ~200 in this term against ~35 nats of Bernoulli
-#: log-likelihood, and the mean image ~900 against ~200 nats: at weight 1 the feature term already
-#: dominates what blur costs, as in DFC-VAE, while the pixel likelihood keeps the reported ELBO.
-DEFAULT_WEIGHT = 1.0
+#: --perceptual-weight default (``config.TrainConfig.perceptual_weight``). The term sums half the
+#: squared difference over every activation of the net's ReLU layers (~38,000 values on 28x28
+#: images). With the reference CNN of Fashion-MNIST, a 3x3 box blur of the test images costs ~200 in
+#: this term against ~35 nats of Bernoulli log-likelihood, and the mean image ~900 against ~200 nats:
+#: at weight 1 the feature term outweighs the pixels several times over, and on MNIST its samples
+#: carried a grid-like texture (sample FD 580 at 4 minutes against 295 at 0.1; on Fashion-MNIST 0.1
+#: and 1 tied, 138 and 136). At 0.1 it still sharpens: the 30-minute Fashion-MNIST run beat the pixel
+#: VAE's sample FD (BENCHMARKS.md, "Sharper samples").
+DEFAULT_WEIGHT = 0.1
 
 
 def freeze_as_buffers(net: nn.Module) -> nn.Module:
