@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, UsageError
-from ..modules.onnx_graph import ACTIVATIONS, LINEAR, OPS, OnnxGraphNet
+from ..modules.onnx_graph import ACTIVATIONS, LINEAR, ONNX_DTYPES, OPS, OnnxGraphNet
 
 INSTALL = "pip install 'vaekit[onnx]'"
 #: tensor *attributes* of other nodes than Constant (ConstantOfShape's value) up to this many values
@@ -146,9 +146,7 @@ def read_onnx(path: str | Path) -> tuple[OnnxGraphNet, dict[str, Any]]:
     layers = layers or [embed]
 
     names = sorted(tensors)
-    supported = {str(t).removeprefix("torch.") for t in (torch.float32, torch.float64, torch.float16, torch.bfloat16,
-                                                         torch.int64, torch.int32, torch.int16, torch.int8,
-                                                         torch.uint8, torch.bool)}
+    supported = {str(t).removeprefix("torch.") for t in ONNX_DTYPES.values()}
     specs, weights = [], {}
     for i, name in enumerate(names):
         arr = np.array(tensors[name], copy=True, order="C")  # (not ascontiguousarray: it makes 0-d arrays 1-d)
