@@ -99,18 +99,23 @@ def _conv(ins: Ins, a: dict[str, Any], opset: int) -> torch.Tensor:
     return conv(x, w, b, a.get("strides", [1] * n), sym, a.get("dilations", [1] * n), a.get("group", 1))
 
 
-def _pool_args(x: torch.Tensor, a: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
+def _pool_args(x: torch.Tensor, a: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int] | None]:
+    """kernel, strides, ONNX pads, and the per-dim padding torch's pooling takes itself (symmetric,
+    at most half the kernel), or None where the pads must be applied beforehand."""
     kernel = list(a["kernel_shape"])
-    return kernel, list(a.get("strides", [1] * len(kernel))), _spatial_pads(x, a, kernel)
+    pads = _spatial_pads(x, a, kernel)
+    sym = _symmetric(pads)
+    if sym is not None and any(p > k // 2 for p, k in zip(sym, kernel)):
+        sym = None
+    return kernel, list(a.get("strides", [1] * len(kernel))), pads, sym
 
 
 @_op("MaxPool")
 def _max_pool(ins: Ins, a: dict[str, Any], opset: int) -> torch.Tensor:
     x = ins[0]
-    kernel, strides, pads = _pool_args(x, a)
+    kernel, strides, pads, sym = _pool_args(x, a)
     n = len(kernel)
-    sym = _symmetric(pads)
-    if sym is None or any(p > k // 2 for p, k in zip(sym, kernel)):
+    if sym is None:
         if a.get("ceil_mode", 0):  # torch would keep windows that start in the right padding; ONNX drops them
             raise ValueError(f"MaxPool with ceil_mode and pads {pads} (asymmetric or over half the kernel) "
                              "is not supported")
@@ -122,12 +127,11 @@ def _max_pool(ins: Ins, a: dict[str, Any], opset: int) -> torch.Tensor:
 @_op("AveragePool")
 def _avg_pool(ins: Ins, a: dict[str, Any], opset: int) -> torch.Tensor:
     x = ins[0]
-    kernel, strides, pads = _pool_args(x, a)
+    kernel, strides, pads, sym = _pool_args(x, a)
     n = len(kernel)
-    sym = _symmetric(pads)
     if any(d != 1 for d in a.get("dilations", [1] * n)):
         raise ValueError("AveragePool with dilations is not supported")
-    if sym is None or any(p > k // 2 for p, k in zip(sym, kernel)):
+    if sym is None:
         if a.get("count_include_pad", 0):
             x, sym = F.pad(x, _torch_pad(pads)), [0] * n
         else:
