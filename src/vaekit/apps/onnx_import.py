@@ -64,6 +64,52 @@ def _dims(value_info: Any) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
 
 
+def _nodes(g: Any, tensors: dict[str, np.ndarray], p: Path) -> list[dict[str, Any]]:
+    """The graph's nodes as JSON ({"op", "inputs", "outputs", "attrs"}), in order; Constant nodes
+    become entries of ``tensors`` instead. Refuses operators ``OPS`` does not run, naming them all."""
+    from onnx import helper, numpy_helper
+
+    nodes, unknown = [], set()
+    for n in g.node:
+        op = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+        if op == "Constant":
+            a = n.attribute[0]
+            if a.name == "value":
+                tensors[n.output[0]] = numpy_helper.to_array(a.t)
+            elif a.name in ("value_float", "value_floats"):
+                tensors[n.output[0]] = np.asarray(helper.get_attribute_value(a), np.float32)
+            elif a.name in ("value_int", "value_ints"):
+                tensors[n.output[0]] = np.asarray(helper.get_attribute_value(a), np.int64)
+            else:
+                unknown.add(f"Constant({a.name})")
+            continue
+        if op not in OPS:
+            unknown.add(op)
+            continue
+        nodes.append({"op": op, "inputs": list(n.input), "outputs": list(n.output),
+                      "attrs": {a.name: _attr(a, p, op) for a in n.attribute}})
+    if unknown:
+        raise _bad(p, f"it uses ONNX operators vaekit's reader does not run: {', '.join(sorted(unknown))} "
+                      f"(it runs {', '.join(sorted(OPS))}); export the network with these, or train a feature net "
+                      "with vaekit features")
+    return nodes
+
+
+def _feature_names(nodes: list[dict[str, Any]], p: Path) -> tuple[str, list[str]]:
+    """(embed, layers): the input of the last linear node, and the activation outputs before it
+    (without a linear node: the last activation's output, and every activation's)."""
+    linear = [i for i, n in enumerate(nodes) if n["op"] in LINEAR]
+    if linear:
+        embed = nodes[linear[-1]]["inputs"][0]
+        layers = [n["outputs"][0] for n in nodes[:linear[-1]] if n["op"] in ACTIVATIONS]
+    else:
+        acts = [n["outputs"][0] for n in nodes if n["op"] in ACTIVATIONS]
+        if not acts:
+            raise _bad(p, "the graph has neither a linear layer (Gemm, MatMul) nor an activation to take features from")
+        embed, layers = acts[-1], acts
+    return embed, layers or [embed]
+
+
 def read_onnx(path: str | Path) -> tuple[OnnxGraphNet, dict[str, Any]]:
     """(net in eval mode, metadata) from an .onnx classifier; UsageError / CheckpointError, one line."""
     p = Path(path)
@@ -110,54 +156,20 @@ def read_onnx(path: str | Path) -> tuple[OnnxGraphNet, dict[str, Any]]:
     if not g.output:
         raise _bad(p, "the graph has no output")
 
-    nodes, unknown = [], set()
-    for n in g.node:
-        op = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-        if op == "Constant":
-            a = n.attribute[0]
-            if a.name == "value":
-                tensors[n.output[0]] = numpy_helper.to_array(a.t)
-            elif a.name in ("value_float", "value_floats"):
-                tensors[n.output[0]] = np.asarray(onnx.helper.get_attribute_value(a), np.float32)
-            elif a.name in ("value_int", "value_ints"):
-                tensors[n.output[0]] = np.asarray(onnx.helper.get_attribute_value(a), np.int64)
-            else:
-                unknown.add(f"Constant({a.name})")
-            continue
-        if op not in OPS:
-            unknown.add(op)
-            continue
-        nodes.append({"op": op, "inputs": list(n.input), "outputs": list(n.output),
-                      "attrs": {a.name: _attr(a, p, op) for a in n.attribute}})
-    if unknown:
-        raise _bad(p, f"it uses ONNX operators vaekit's reader does not run: {', '.join(sorted(unknown))} "
-                      f"(it runs {', '.join(sorted(OPS))}); export the network with these, or train a feature net "
-                      "with vaekit features")
-
-    linear = [i for i, n in enumerate(nodes) if n["op"] in LINEAR]
-    if linear:
-        embed = nodes[linear[-1]]["inputs"][0]
-        layers = [n["outputs"][0] for n in nodes[:linear[-1]] if n["op"] in ACTIVATIONS]
-    else:
-        acts = [n["outputs"][0] for n in nodes if n["op"] in ACTIVATIONS]
-        if not acts:
-            raise _bad(p, "the graph has neither a linear layer (Gemm, MatMul) nor an activation to take features from")
-        embed, layers = acts[-1], acts
-    layers = layers or [embed]
+    nodes = _nodes(g, tensors, p)
+    embed, layers = _feature_names(nodes, p)
 
     names = sorted(tensors)
-    supported = {str(t).removeprefix("torch.") for t in ONNX_DTYPES.values()}
     specs, weights = [], {}
     for i, name in enumerate(names):
         arr = np.array(tensors[name], copy=True, order="C")  # (not ascontiguousarray: it makes 0-d arrays 1-d)
         try:
             t = torch.from_numpy(arr)
-        except TypeError:
-            raise _bad(p, f"its tensor {name!r} has the type {arr.dtype}, which vaekit's reader does not run") from None
-        dtype = str(t.dtype).removeprefix("torch.")
-        if dtype not in supported:
+        except TypeError:  # numpy types torch has not (strings, ml_dtypes' bfloat16 / float8)
+            t = None
+        if t is None or t.dtype not in ONNX_DTYPES.values():
             raise _bad(p, f"its tensor {name!r} has the type {arr.dtype}, which vaekit's reader does not run")
-        specs.append({"name": name, "shape": list(t.shape), "dtype": dtype})
+        specs.append({"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")})
         weights[f"t{i}"] = t
     arch_args = {"opset": int(opset), "input": x_info.name, "output": g.output[0].name, "nodes": nodes,
                  "tensors": specs, "embed": embed, "layers": layers}
@@ -215,9 +227,8 @@ def _check_with_onnxruntime(p: Path, probe: torch.Tensor, out: torch.Tensor) -> 
     ref = np.asarray(ref, np.float64)
     if ref.shape != ours.shape:
         raise _bad(p, f"vaekit's reading gives outputs of shape {ours.shape}, onnxruntime {ref.shape}")
-    finite = np.isfinite(ref)
-    if not finite.all() or not np.isfinite(ours).all():
-        raise _bad(p, "its outputs on random inputs in [0, 1) are not all finite (vaekit's reading or onnxruntime's); "
+    if not np.isfinite(ref).all():  # (vaekit's own outputs were checked before)
+        raise _bad(p, "onnxruntime's outputs on random inputs in [0, 1) are not all finite; "
                       "a feature net must give finite outputs")
     err = float(np.abs(ours - ref).max())
     if not err <= ORT_TOLERANCE * (1.0 + float(np.abs(ref).max())):

@@ -32,8 +32,6 @@ class VAE(BaseModel):
         # --recon-loss perceptual (``vaekit.perceptual``): a frozen feature net's term joins the loss
         perceptual = config.extra.get("perceptual")
         self.perceptual = PerceptualLoss(perceptual) if perceptual else None
-        # an ONNX feature net reads shapes back to the host: no CUDA-graph recording (training.trainer)
-        self.graph_safe = getattr(self.perceptual.net if perceptual else None, "graph_safe", True)
         if perceptual:
             self.extra_terms = ("perceptual",)  # logged by the trainer beside loss, elbo, recon, kl
 

@@ -163,10 +163,12 @@ class Trainer:
         # (Only for models that read x alone: the recorded step takes one input tensor.)
         # (Nor under several processes: their gradients are reduced between backward and update.)
         # (Nor under fp16: its loss scale is updated eagerly.)
-        # (Nor for a model that reads values back to the host in its step: an ONNX feature net's shapes.)
+        # (Nor for a model with a module that reads values back to the host in its step and says so
+        # with ``graph_safe = False``: an ONNX feature net's shape arithmetic.)
         self.use_graphs = (self.device.type == "cuda" and cfg.cuda_graphs and self.opt.fused and not self.players
                            and not getattr(self.model, "batch_fields", ()) and not self.world.active
-                           and not self.precision.scalers and getattr(self.model, "graph_safe", True))
+                           and not self.precision.scalers
+                           and all(getattr(m, "graph_safe", True) for m in self.model.modules()))
         # The hand-derived step is float32 code: under bf16/fp16, autograd with autocast instead.
         fast = cfg.fast_path and not self.use_graphs and not self.precision.enabled
         self.fast: Any = None
