@@ -59,6 +59,13 @@ class Adam:
         grads = [p.grad for p in params]
         b1, b2 = self.betas
         if self.fused:
+            # The fused kernel walks every tensor of a parameter in memory order: a gradient or
+            # moment stored in another layout than its parameter (channels-last weights, a
+            # gradient assigned from elsewhere) would be updated element against the wrong element.
+            grads = _as_layout(params, grads)
+            if any(m.stride() != p.stride() for p, m in zip(params, exp_avg)):
+                self._match_moments()
+                exp_avg, exp_avg_sq = pick(self.exp_avg), pick(self.exp_avg_sq)
             if found_inf is None:
                 torch._foreach_add_(steps, 1.0)
             else:  # a skipped update must not count: add 1 - found_inf. (A list, not the one tensor:
@@ -81,6 +88,11 @@ class Adam:
             denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(self.eps)
             p.addcdiv_(m, denom, value=-step_lr / (1 - b1**t))
 
+    def _match_moments(self) -> None:
+        """The moments in their parameters' layouts (after a parameter's layout changed)."""
+        self.exp_avg = _as_layout(self.params, self.exp_avg)
+        self.exp_avg_sq = _as_layout(self.params, self.exp_avg_sq)
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for i, (m, v, s) in enumerate(zip(self.exp_avg, self.exp_avg_sq, self.steps)):
@@ -95,3 +107,9 @@ class Adam:
                 if t is None or t.shape != buf.shape:
                     raise ValueError(f"optimizer state {i}.{name} is missing or has the wrong shape")
                 buf.copy_(t)
+
+
+def _as_layout(params: list[torch.Tensor], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` (each of its parameter's shape), any stored in another layout than its
+    parameter replaced by a copy in the parameter's layout."""
+    return [t if t.stride() == p.stride() else torch.empty_like(p).copy_(t) for p, t in zip(params, tensors)]
