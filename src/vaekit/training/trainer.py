@@ -29,7 +29,7 @@ from .distributed import BACKENDS, ShardedStep, World, current as current_world
 from .interrupt import StopRequest, stop_on_signals
 from .fastpath import FastStep, players_step, supports
 from .graphed import GraphedStep
-from .memory import keep_freed_memory
+from .memory import channels_last, keep_freed_memory
 from .precision import Precision, check_precision
 from .steps import (QUEUED, AutogradStep, GraphStep, Guard, HandDerivedPlayersStep, HandDerivedStep, PlayersStep,
                     player_optimizers)
@@ -131,6 +131,11 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()  # large per-step temporaries (IWAE's k * B rows) without page faults
         self.model = model.to(self.device)
+        # Convolutions on CPU in oneDNN's own layout (memory.channels_last), before the optimizers
+        # make their moments alike. (Not under several processes: their collectives take tensors
+        # in the default layout.)
+        if self.device.type == "cpu" and not self.world.active:
+            channels_last(self.model)
         self.progress = progress and self.world.writes
         self.callbacks = callbacks or []
         # One Adam per player: {"model": ...} for a one-player model, else the model's players
