@@ -189,11 +189,13 @@ class VAEGAN(VAE):
         x_tilde = self.likelihood.mean(params)
         z_p = self.prior.sample(b, device=x.device, dtype=x.dtype)
         x_p = self.decode_mean(z_p)
-        # the real images apart: no generator's backward pass then runs through their rows
+        # one discriminator call per kind of image: no generator's backward pass then runs through
+        # the data's rows, nor the encoder's through x_p's (a slice of one call's output would
+        # back-propagate zeros through all its rows; 133 -> 127 ms per conv step on MNIST)
         l_real, f_real = self.discriminator(x)
-        logits, feats = self.discriminator(torch.cat([x_tilde.to(x.dtype), x_p.to(x.dtype)]))
-        l_tilde, l_p = logits[:b], logits[b:]
-        feature_recon = self._feature_recon(f_real, feats[:b])
+        l_tilde, f_tilde = self.discriminator(x_tilde.to(x.dtype))
+        l_p, _ = self.discriminator(x_p.to(x.dtype))
+        feature_recon = self._feature_recon(f_real, f_tilde)
         kl, kl_term = self._kl(mu, logvar, z)
         real_bce = F.softplus(-l_real).mean()  # BCE(Dis(x), 1)
         fake_tilde, fake_p = F.softplus(l_tilde).mean(), F.softplus(l_p).mean()  # BCE(Dis(.), 0)
