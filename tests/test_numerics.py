@@ -64,3 +64,45 @@ def test_training_and_evaluation_flush_then_restore():
     seen.clear()
     evaluate(m, torch.rand(6, 1, 4, 4), iw_samples=3)
     assert seen and all(seen) and not denormals_flushed()
+
+
+# -- every thread: the mode is per thread, and the intra-op workers inherit it when they start --
+_CHECK_ALL = """
+import sys, torch
+{before}
+from vaekit.numerics import flush_denormals_in_all_threads
+ok = flush_denormals_in_all_threads()
+big = torch.full((1 << 20,), 1e-30) * 1e-9  # split among the threads
+print(ok, int((big != 0).sum()))
+"""
+
+
+def _run(code: str) -> str:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split()
+
+
+def test_flushing_before_any_parallel_work_reaches_every_thread():
+    ok, left = _run(_CHECK_ALL.format(before="torch.set_num_threads(2)"))
+    assert ok == "True" and left == "0"
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="one thread: no workers to start before the call")
+def test_workers_started_before_the_call_are_reported_not_flushing():
+    # a parallel op starts the workers with the mode off; the call turns on this thread's only
+    ok, left = _run(_CHECK_ALL.format(before="torch.set_num_threads(2); (torch.ones(1 << 20) * 2).sum()"))
+    assert ok == "False" and int(left) > 0
+
+
+def test_the_program_flushes_before_it_runs_the_command(monkeypatch):
+    import vaekit.cli as cli
+    import vaekit.numerics as numerics
+
+    calls = []
+    monkeypatch.setattr(numerics, "flush_denormals_in_all_threads", lambda: calls.append("flush") or True)
+    monkeypatch.setattr(cli, "main", lambda argv=None: calls.append("main") or 0)
+    assert cli.program() == 0 and calls == ["flush", "main"]

@@ -341,6 +341,17 @@ def _other_rank_says_it(e: Exception) -> bool:
     return e.exit_code == 2 and int(os.environ.get("RANK", "0")) != 0
 
 
+def program() -> int:
+    """The ``vaekit`` program (the console script and ``python -m vaekit``): subnormals flushed in
+    every thread for the whole process (``numerics.flush_denormals_in_all_threads``: set before
+    any parallel work, so the worker threads inherit it), then ``main``. ``main`` itself, called
+    from Python, leaves the process's modes as it found them outside training and evaluation."""
+    from .numerics import flush_denormals_in_all_threads
+
+    flush_denormals_in_all_threads()
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
     import threading
