@@ -78,7 +78,7 @@ def train_one(kind: str, name: str, d: Data, args: argparse.Namespace,
     """Train one model under the budget; returns (its evaluated weights, timing). ``probe(model,
     rec)`` runs every ``--curve-every-min`` minutes of training (not counted in the budget)."""
     opts = dict(source=name, arch="conv", latent_dim=args.latent_dim, epochs=10_000, batch_size=args.batch_size,
-                seed=args.seed, device="cpu")
+                seed=args.seed, device="cpu", beta=args.beta)
     if args.hidden:
         opts["hidden"] = args.hidden
     if kind == "perceptual":
@@ -113,7 +113,7 @@ def score(model: torch.nn.Module, d: Data, ref: torch.nn.Module, real: np.ndarra
     precision, recall = precision_recall(real, fake, k=3)
     test = evaluate(model, d.test[:args.n_samples], batch_size=1000, seed=args.seed)
     return {"fd": frechet_distance(real, fake), "precision": precision, "recall": recall,
-            "test_neg_elbo": -test["elbo"], "samples": xs[:64]}
+            "test_neg_elbo": -test["elbo"], "test_kl": test.get("kl"), "samples": xs[:64]}
 
 
 def table(rows: dict, args: argparse.Namespace) -> str:
@@ -124,16 +124,18 @@ def table(rows: dict, args: argparse.Namespace) -> str:
              "Same conv encoder/decoder and wall-clock budget per model; FD = classifier Fréchet distance in the "
              "penultimate features of vaekit's reference CNN of each dataset (not Inception FID); precision/recall "
              "with k = 3; test -ELBO is the pixel likelihood bound (nats). Lower FD is better.", "",
-             "| dataset | model | budget (min) | train examples | epochs | s | examples/s | test -ELBO | FD | precision | recall | samples |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | model | budget (min) | train examples | epochs | s | examples/s | test -ELBO | test KL | FD | precision | recall | samples |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for key in sorted(rows):
         r = rows[key]
         if "skipped" in r:
             notes.append(f"- {r['dataset']} {r['model']}: skipped ({r['skipped']})")
             continue
-        lines.append(f"| {r['dataset']} | {r['model']} | {r['budget_min']} | {r['train_examples']} | {r['epochs']} | "
-                     f"{r['seconds']:.0f} | {r['examples_per_s']:.0f} | {r['test_neg_elbo']:.2f} | {r['fd']:.2f} | "
+        beta = f" (beta {r['beta']:g})" if r.get("beta", 1.0) != 1.0 else ""
+        kl = f"{r['test_kl']:.2f}" if r.get("test_kl") is not None else "-"
+        lines.append(f"| {r['dataset']} | {r['model']}{beta} | {r['budget_min']} | {r['train_examples']} | {r['epochs']} | "
+                     f"{r['seconds']:.0f} | {r['examples_per_s']:.0f} | {r['test_neg_elbo']:.2f} | {kl} | {r['fd']:.2f} | "
                      f"{r['precision']:.3f} | {r['recall']:.3f} | ![]({r['grid']}) |")
     feats = sorted({r["features"] for r in rows.values() if "features" in r})
     grids = ["", "## Samples side by side", "", "| dataset | " + " | ".join(MODEL_NAMES) + " |",
@@ -168,6 +170,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--perceptual-weight", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--beta", type=float, default=1.0,
+                    help="the KL weight of every model run (rows record it; a probe of the rate's effect)")
     ap.add_argument("--gamma", type=float, default=None, help="VAE-GAN: --gamma (default: the model's)")
     ap.add_argument("--equilibrium", type=float, default=None, help="VAE-GAN: --equilibrium (default: the model's)")
     ap.add_argument("--margin", type=float, default=None, help="VAE-GAN: --margin (default: the model's)")
@@ -201,7 +205,7 @@ def main() -> int:
             res = score(model, d, ref, real, args)
             grid = results / f"sharpness-{name}-{kind}.png"
             save_samples(grid, res.pop("samples"), kind=d.spec.kind, nrow=8)
-            rows[key] = {"dataset": name, "model": kind, "budget_min": args.budget_min,
+            rows[key] = {"dataset": name, "model": kind, "beta": args.beta, "budget_min": args.budget_min,
                          "train_examples": len(d.train), **timing, **res, "grid": grid.name,
                          **({"curve": curve, "curve_samples": args.curve_samples} if curve else {}),
                          "features": describe(meta), "feature_net": str(ref_dir),
