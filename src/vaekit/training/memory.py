@@ -45,8 +45,9 @@ def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2*
 def channels_last(model: "torch.nn.Module") -> bool:
     """Store the model's 4-d parameters and buffers (convolution weights) channels-last, the
     layout oneDNN's CPU convolutions work in: with NCHW weights every convolution and its backward
-    reorders its operands first. Measured on vaekit's default conv VAE on MNIST (2-core AMD EPYC,
-    batch 128): 57.6 -> 50.3 ms per training step, the VAE-GAN's 161 -> 138 ms. Activations follow
+    reorders its operands first. Measured on MNIST, batch 128 (bench/bench_conv_layout.py, BENCHMARKS.md):
+    1.14x per step for vaekit's default conv VAE (58.3 -> 51.2 ms), 1.16x with the perceptual term,
+    1.14x for the VAE-GAN. Activations follow
     the weights' layout; values are those of NCHW up to float rounding (another summation order).
     Returns whether the model has any such tensor (nothing is changed otherwise)."""
     import torch
